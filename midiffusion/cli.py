@@ -1,0 +1,50 @@
+"""The ``midiffusion`` command line.
+
+Each sub-command lives in its own module, which exposes ``configure(parser)`` and
+``run(args) -> int``. Modules are imported only when their command runs, so
+``midiffusion --help`` stays fast and a missing optional dependency breaks one command,
+not all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("midiffusion.demo", "run the end-to-end demo on registry-shipped data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="midiffusion",
+        description="Zero-shot cross-modality medical image translation (MIDiffusion).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_module, help_text) in COMMANDS.items():
+        # Arguments are declared by the command's module, imported only when it runs.
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Parse the command name first, then let its module declare its own arguments.
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        cmd_parser = argparse.ArgumentParser(
+            prog=f"midiffusion {argv[0]}", description=COMMANDS[argv[0]][1]
+        )
+        module.configure(cmd_parser)
+        args = cmd_parser.parse_args(argv[1:])
+        return int(module.run(args) or 0)
+    parser.parse_args(argv)  # prints help / usage errors and exits
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

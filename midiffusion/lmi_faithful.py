@@ -36,6 +36,8 @@ EPS = 1e-10
 DEFAULT_SIGMA = 2.0  # the published MIsigma; the kernel std is 2 sigma^2 grey levels
 # Pixels per chunk: the joints of one chunk hold CHUNK_PIXELS * p^2 * K^2 float32 values.
 _CHUNK_JOINT_VALUES = 1 << 22
+# Pixels per band (whole rows of one image): bounds every per-pixel tensor.
+_BAND_PIXELS = 1 << 16
 # float32 like the published code; float64 is only used to check the arithmetic.
 COMPUTE_DTYPE = torch.float32
 
@@ -58,13 +60,12 @@ def wrap_pairing(p: int) -> torch.Tensor:
     return torch.tensor(sigma, dtype=torch.long)
 
 
-def _neighbourhoods(q: torch.Tensor, p: int) -> torch.Tensor:
-    """B x H x W int grid -> (B*H*W) x p^2 neighbourhood values, zero padded, row-major."""
-    r = (p - 1) // 2
-    batch, height, width = q.shape
-    padded = F.pad(q, (r, r, r, r))
-    cols = [padded[:, a : a + height, b : b + width] for a in range(p) for b in range(p)]
-    return torch.stack(cols, dim=-1).reshape(batch * height * width, p * p)
+def _neighbourhoods(padded: torch.Tensor, p: int, rows: slice, width: int) -> torch.Tensor:
+    """Neighbourhood values of output rows ``rows`` from a grid zero-padded by r:
+    B x (H+2r) x (W+2r) -> (B * n_rows * W) x p^2, row-major within the patch."""
+    start, stop = rows.start, rows.stop
+    cols = [padded[:, start + a : stop + a, b : b + width] for a in range(p) for b in range(p)]
+    return torch.stack(cols, dim=-1).reshape(-1, p * p)
 
 
 def _entropy_bits(pdf: torch.Tensor) -> torch.Tensor:
@@ -137,67 +138,84 @@ def faithful_lmi(
     r = (p - 1) // 2
     n_bins = p**3 if bins is None else bins
     # Kernel std in grey levels: published 2 sigma^2; a float bandwidth is in intensity units.
-    width = 2.0 * DEFAULT_SIGMA**2 if bandwidth is None else 255.0 * float(bandwidth)
-    batch, _, height, width_px = source.shape
+    kernel_std = 2.0 * DEFAULT_SIGMA**2 if bandwidth is None else 255.0 * float(bandwidth)
+    batch, _, height, width = source.shape
     device = source.device
 
-    # trunc(255 v) as int32, computed from float32 as the published code does.
-    q_src = (source.detach().float() * 255).to(torch.int32)[:, 0]
-    q_tgt = (target.detach().float() * 255).to(torch.int32)[:, 0]
-    nb_src = _neighbourhoods(q_src, p)  # N x P
-    nb_tgt = _neighbourhoods(q_tgt, p)
+    # trunc(255 v) as int32, computed from float32 as the published code does; zero padding.
+    q_src = F.pad((source.detach().float() * 255).to(torch.int32)[:, 0], (r, r, r, r))
+    q_tgt = F.pad((target.detach().float() * 255).to(torch.int32)[:, 0], (r, r, r, r))
+    x_pad = F.pad(target.detach(), (r, r, r, r))[:, 0]
 
-    # Lookup table of kernel values for every grey level present (zero padding included).
-    lo = int(min(nb_src.min(), nb_tgt.min()))
-    hi = int(max(nb_src.max(), nb_tgt.max()))
+    # Lookup table of kernel values for every grey level present (the padding's 0 included).
+    lo = int(min(q_src.min(), q_tgt.min()))
+    hi = int(max(q_src.max(), q_tgt.max()))
     levels = torch.arange(lo, hi + 1, device=device, dtype=COMPUTE_DTYPE)
     centres = torch.linspace(0, 255, n_bins, device=device, dtype=torch.float32).to(COMPUTE_DTYPE)
-    table = torch.exp(-0.5 * ((levels[:, None] - centres[None, :]) / width) ** 2)
+    table = torch.exp(-0.5 * ((levels[:, None] - centres[None, :]) / kernel_std) ** 2)
 
-    n_pix = nb_src.shape[0]
     n_cand = p * p
-    scores = torch.empty(n_pix, n_cand, device=device, dtype=COMPUTE_DTYPE)
+    chunk = max(1, _CHUNK_JOINT_VALUES // (n_cand * n_bins * n_bins))
+    scorer = _Scorer(p, n_bins, min(chunk, batch * height * width), device, COMPUTE_DTYPE)
+    # Bands of whole rows of one image at a time keep every per-pixel tensor small.
+    band_rows = max(1, _BAND_PIXELS // width)
+    aligned = torch.empty_like(target)
+    similarity = torch.empty(source.shape, device=device, dtype=COMPUTE_DTYPE)
+    for b in range(batch):
+        for y0 in range(0, height, band_rows):
+            rows = slice(y0, min(height, y0 + band_rows))
+            nb_src = _neighbourhoods(q_src[b : b + 1], p, rows, width)
+            nb_tgt = _neighbourhoods(q_tgt[b : b + 1], p, rows, width)
+            scores = _band_scores(nb_src, nb_tgt, table, lo, hi, scorer, chunk, normalized)
+            best = scores.argmax(1)  # the first maximum: the first candidate in row-major order
+            n_rows = rows.stop - rows.start
+            similarity[b, 0, rows] = scores.gather(1, best[:, None]).view(n_rows, width)
+            # aligned = X(i + d*): the target's real intensity (not quantised), zero padded.
+            neigh = _neighbourhoods(x_pad[b : b + 1], p, rows, width)
+            aligned[b, 0, rows] = neigh.gather(1, best[:, None]).view(n_rows, width)
+    return aligned, similarity.to(source.dtype)
 
+
+def _band_scores(
+    nb_src: torch.Tensor,
+    nb_tgt: torch.Tensor,
+    table: torch.Tensor,
+    lo: int,
+    hi: int,
+    scorer: _Scorer,
+    chunk: int,
+    normalized: bool,
+) -> torch.Tensor:
+    """Scores (pixels x candidates) of one band of pixels."""
+    scores = torch.empty(nb_src.shape, device=table.device, dtype=table.dtype)
     # Windows flat in both images (background) depend only on the two values: compute each once.
     flat = (nb_src == nb_src[:, :1]).all(1) & (nb_tgt == nb_tgt[:, :1]).all(1)
     flat_idx = flat.nonzero().flatten()
     if flat_idx.numel():
         key = (nb_src[flat_idx, 0].long() - lo) * (hi - lo + 1) + (nb_tgt[flat_idx, 0].long() - lo)
         uniq, inverse = torch.unique(key, return_inverse=True)
-        rep = torch.zeros(uniq.numel(), dtype=torch.long, device=device)
+        rep = torch.zeros(uniq.numel(), dtype=torch.long, device=table.device)
         rep[inverse] = flat_idx
-        rep_scores = _chunked_scores(nb_src[rep], nb_tgt[rep], table, lo, p, normalized)
+        rep_scores = _chunked(nb_src[rep], nb_tgt[rep], table, lo, scorer, chunk, normalized)
         scores[flat_idx] = rep_scores[inverse]
     rest = (~flat).nonzero().flatten()
     if rest.numel():
-        scores[rest] = _chunked_scores(nb_src[rest], nb_tgt[rest], table, lo, p, normalized)
-
-    best = scores.argmax(1)  # the first maximum: first candidate in row-major order wins ties
-    similarity = scores.gather(1, best[:, None]).view(batch, 1, height, width_px)
-    # aligned = X(i + d*), read from the zero-padded target (the real intensities, not quantised).
-    padded = F.pad(target.detach(), (r, r, r, r))[:, 0]
-    cols = [padded[:, a : a + height, b : b + width_px] for a in range(p) for b in range(p)]
-    neigh = torch.stack(cols, dim=-1).reshape(n_pix, n_cand)
-    aligned = neigh.gather(1, best[:, None]).view(batch, 1, height, width_px)
-    return aligned, similarity.to(source.dtype)
+        scores[rest] = _chunked(nb_src[rest], nb_tgt[rest], table, lo, scorer, chunk, normalized)
+    return scores
 
 
-def _chunked_scores(
+def _chunked(
     nb_src: torch.Tensor,
     nb_tgt: torch.Tensor,
     table: torch.Tensor,
     lo: int,
-    p: int,
+    scorer: _Scorer,
+    chunk: int,
     normalized: bool,
 ) -> torch.Tensor:
-    n_pix, n_samp = nb_src.shape
-    n_bins = table.shape[1]
-    chunk = min(n_pix, max(1, _CHUNK_JOINT_VALUES // (n_samp * n_bins * n_bins)))
-    scorer = _Scorer(p, n_bins, chunk, table.device, table.dtype)
     out = []
-    for start in range(0, n_pix, chunk):
-        stop = min(n_pix, start + chunk)
-        idx_src = (nb_src[start:stop] - lo).long()
-        idx_tgt = (nb_tgt[start:stop] - lo).long()
+    for start in range(0, nb_src.shape[0], chunk):
+        idx_src = (nb_src[start : start + chunk] - lo).long()
+        idx_tgt = (nb_tgt[start : start + chunk] - lo).long()
         out.append(scorer(table, idx_src, idx_tgt, normalized))
     return torch.cat(out)

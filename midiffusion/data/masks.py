@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, Delaunay, QhullError
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -30,3 +31,43 @@ def mask_from_stripped(image: np.ndarray) -> np.ndarray:
     the stripping zeroed inside the brain.
     """
     return fill_holes_axial(largest_component(image > 0))
+
+
+def _fill_convex_hull(mask2d: np.ndarray) -> np.ndarray:
+    """The filled convex hull of a 2D mask's pixels (empty if fewer than 3 non-collinear)."""
+    pts = np.argwhere(mask2d)
+    if len(pts) < 3:
+        return np.zeros(mask2d.shape, dtype=bool)
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:  # collinear pixels: no area
+        return np.zeros(mask2d.shape, dtype=bool)
+    coords = np.indices(mask2d.shape).reshape(2, -1).T
+    inside = Delaunay(pts[hull.vertices]).find_simplex(coords) >= 0
+    return inside.reshape(mask2d.shape)
+
+
+def ct_brain_mask(
+    hu: np.ndarray,
+    bone_hu: float = 200.0,
+    soft_hu: tuple[float, float] = (0.0, 80.0),
+    erosion: int = 2,
+) -> np.ndarray:
+    """Intracranial soft tissue of a head CT (axis 2 = axial slices), from HU alone.
+
+    1. Skull: the largest connected part above ``bone_hu`` (drops the head rest and couch).
+    2. Per axial slice, the convex hull of the skull: it bridges gaps in the bone (sutures,
+       thin temporal bone, burr holes or a bone flap) that defeat a plain hole filling.
+    3. Inside that hull, away from the bone, keep soft tissue (``soft_hu``).
+    4. Erode, keep the largest 3D part (cuts the thin links to orbits, sinuses and neck
+       muscles through foramina), dilate back inside the candidate, fill holes per slice.
+    """
+    skull = largest_component(hu > bone_hu)
+    hull = np.stack([_fill_convex_hull(skull[:, :, k]) for k in range(hu.shape[2])], axis=2)
+    soft = (hu >= soft_hu[0]) & (hu <= soft_hu[1])
+    candidate = hull & ~ndi.binary_dilation(skull, iterations=1) & soft
+    core = largest_component(ndi.binary_erosion(candidate, iterations=erosion))
+    brain = ndi.binary_dilation(core, iterations=erosion) & candidate
+    for k in range(brain.shape[2]):
+        brain[:, :, k] = ndi.binary_fill_holes(brain[:, :, k])
+    return brain

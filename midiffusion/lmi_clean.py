@@ -118,15 +118,25 @@ def _bandwidths(image: torch.Tensor, bandwidth: float | str | None) -> torch.Ten
 
 
 def _pair_g(padded: torch.Tensor, h: torch.Tensor, out_h: int, out_w: int, p: int) -> torch.Tensor:
-    """g = 1 - kernel for every unique sample pair of every patch: B x out_h x out_w x pairs.
+    """g = 1 - kernel for every unique sample pair of every patch: B x pairs x out_h x out_w.
 
     ``padded`` is B x 1 x (out_h + p - 1) x (out_w + p - 1); the patch of output pixel (y, x)
-    is padded[y : y + p, x : x + p].
+    is padded[y : y + p, x : x + p]. Channels first, so that selecting pairs copies whole planes.
     """
     offsets, first, second = _pairs(p)
-    samples = torch.stack([padded[:, 0, a : a + out_h, b : b + out_w] for a, b in offsets], dim=-1)
-    diff = samples[..., first] - samples[..., second]
-    return -torch.expm1(-0.5 * (diff / h.view(-1, 1, 1, 1)) ** 2)
+    samples = torch.stack([padded[:, 0, a : a + out_h, b : b + out_w] for a, b in offsets], dim=1)
+    first_idx = torch.tensor(first, device=padded.device)
+    second_idx = torch.tensor(second, device=padded.device)
+    diff = samples.index_select(1, first_idx) - samples.index_select(1, second_idx)
+    # In place only on fresh temporaries whose values autograd does not keep.
+    return -torch.expm1(diff.square().mul_(-0.5 / h.view(-1, 1, 1, 1) ** 2))
+
+
+def _row_means(inc_t: torch.Tensor, pair_values: torch.Tensor) -> torch.Tensor:
+    """Σ_{m≠n} v_nm / P for every row n: (P x pairs) @ (B x pairs x H x W) -> B x P x H x W."""
+    batch, n_pairs, height, width = pair_values.shape
+    out = torch.matmul(inc_t, pair_values.reshape(batch, n_pairs, height * width))
+    return out.view(batch, inc_t.shape[0], height, width)
 
 
 def _band(
@@ -140,16 +150,17 @@ def _band(
     radius: int,
     normalized: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LMI of one band: src_pad has a halo of r = (p-1)/2, tgt_pad a halo of r + R."""
+    """LMI of one band: src_pad has a halo of r = (p-1)/2, tgt_pad a halo of r + R.
+    Returns (aligned, similarity), each B x out_h x out_w."""
     n_samples = p * p
     ext_h, ext_w = out_h + 2 * radius, out_w + 2 * radius
-    inc = _incidence(p, src_pad.dtype, src_pad.device)
-    g_s = _pair_g(src_pad, h_src, out_h, out_w, p)  # B x h x w x pairs
-    g_t = _pair_g(tgt_pad, h_tgt, ext_h, ext_w, p)  # B x (h+2R) x (w+2R) x pairs
-    gbar_s = g_s @ inc  # B x h x w x P, each in [0, (P-1)/P]
-    gbar_t = g_t @ inc
-    ent_s = -torch.log1p(-gbar_s).mean(-1)
-    ent_t = -torch.log1p(-gbar_t).mean(-1)
+    inc_t = _incidence(p, src_pad.dtype, src_pad.device).t().contiguous()
+    g_s = _pair_g(src_pad, h_src, out_h, out_w, p)  # B x pairs x h x w
+    g_t = _pair_g(tgt_pad, h_tgt, ext_h, ext_w, p)  # B x pairs x (h+2R) x (w+2R)
+    gbar_s = _row_means(inc_t, g_s)  # B x P x h x w, each in [0, (P-1)/P]
+    gbar_t = _row_means(inc_t, g_t)
+    ent_s = -torch.log1p(-gbar_s).mean(1)
+    ent_t = -torch.log1p(-gbar_t).mean(1)
     inv_s = 1.0 / (1.0 - gbar_s)
     inv_t = 1.0 / (1.0 - gbar_t)
     r = (p - 1) // 2
@@ -159,15 +170,15 @@ def _band(
     span = 2 * radius + 1
     for dy in range(span):
         for dx in range(span):
-            win = (slice(None), slice(dy, dy + out_h), slice(dx, dx + out_w))
-            q = (g_s * g_t[win]) @ inc
+            win = (slice(None), slice(None), slice(dy, dy + out_h), slice(dx, dx + out_w))
+            q = _row_means(inc_t, g_s * g_t[win])
             ratio = (q - gbar_s * gbar_t[win]) * inv_s * inv_t[win]
-            mi = torch.log1p(ratio).mean(-1)
+            mi = torch.log1p(ratio).mean(1)
             if normalized:
-                score = (2.0 * mi / (ent_s + ent_t[win]).clamp_min(1e-30)).clamp(0.0, 1.0)
+                score = (2.0 * mi / (ent_s + ent_t[win[1:]]).clamp_min(1e-30)).clamp(0.0, 1.0)
             else:
                 score = (mi / math.log(n_samples)).clamp(0.0, 1.0)
-            value = target[win]
+            value = target[win[1:]]
             if best is None:
                 best, aligned = score, value
             else:

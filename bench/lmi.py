@@ -4,8 +4,9 @@
     python bench/lmi.py --memory-256    # also the memory bound: 16 slices of 256x256 (1 timed call)
     python bench/lmi.py --threads 1     # torch intra-op threads (default: all cores)
 
-Time: median of 5 calls after one warm-up call. Peak memory: each configuration runs in a fresh
-subprocess; on the CPU the figure is the growth of the process's peak resident set
+Time: median of 5 calls after one warm-up call, wall clock and process CPU time (all threads
+summed; on a shared machine it is the steadier figure). Peak memory: each configuration runs in a
+fresh subprocess; on the CPU the figure is the growth of the process's peak resident set
 (``resource.getrusage().ru_maxrss``) during the first call, over the resident set just before it
 (inputs already built); on a GPU it is ``torch.cuda.max_memory_allocated`` over the allocation
 before the call. Inputs: source = the reference T2w slice z70 (shared/reference), target = the
@@ -82,12 +83,17 @@ def measure_one(mode: str, batch: int, size: int, device: str, repeats: int) -> 
         base = _rss_bytes()
         call()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         call()
         times.append(time.perf_counter() - start)
-    return {"ms": 1000 * statistics.median(times), "peak_mb": max(peak, 0) / 2**20}
+        cpu.append(time.process_time() - start_cpu)
+    return {
+        "ms": 1000 * statistics.median(times),
+        "cpu_ms": 1000 * statistics.median(cpu),
+        "peak_mb": max(peak, 0) / 2**20,
+    }
 
 
 def estimator_table() -> None:
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'device':6} {'mode':9} {'batch x size':>13} {'median ms':>10} {'ms/slice':>9} "
-        f"{'peak MB':>8}"
+        f"{'CPU ms':>8} {'peak MB':>8}"
     )
     for device in devices:
         for mode in ("clean", "faithful"):
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 print(
                     f"{device:6} {mode:9} {f'{batch} x {size}x{size}':>13} {res['ms']:10.1f} "
-                    f"{res['ms'] / batch:9.1f} {res['peak_mb']:8.1f}",
+                    f"{res['ms'] / batch:9.1f} {res['cpu_ms']:8.1f} {res['peak_mb']:8.1f}",
                     flush=True,
                 )
     print(PUBLISHED)

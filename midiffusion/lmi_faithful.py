@@ -9,7 +9,7 @@ by (its total + 1e-10); entropies in bits, -Σ p log2(p + 1e-10); NMI = 2(MI + 1
 o(d, δ) = floor(m/p) + (m mod p) - r with m = r + d + δ per axis; zero padding; the maximum over
 candidates with the first candidate in row-major order winning ties.
 
-How it is fast (about 20x the published code on a CPU) without changing the arithmetic:
+How it is fast (about 12x the published code on one CPU core) without changing the result:
 
 - the inputs are integers after truncation, so kernel values come from a lookup table;
 - under the wrap rule every candidate of pixel i pairs the same P source samples with target
@@ -18,6 +18,9 @@ How it is fast (about 20x the published code on a CPU) without changing the arit
   one small batched matmul per pixel gives the joints of all candidates;
 - the joint's total S is known from kernel row sums before the joint exists, so 1/(S + ε) is folded
   into the target operand of that matmul and the joint comes out normalised;
+- a kernel value is below 1e-10 beyond 54 grey levels, so where a pixel's window spans a narrow
+  range of values (smooth tissue, background) only a band of 8 or 16 of the 27 bins can hold
+  joint mass that counts: the joint and its logs are computed on that band only;
 - windows that are flat in both images (background) are computed once per distinct value pair;
 - pixels are processed in chunks, so memory stays bounded (about 110 MB per chunk).
 
@@ -27,6 +30,7 @@ similarity within ~1e-6 (the reference vectors in shared/reference are checked t
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
@@ -35,7 +39,12 @@ import torch.nn.functional as F
 EPS = 1e-10
 DEFAULT_SIGMA = 2.0  # the published MIsigma; the kernel std is 2 sigma^2 grey levels
 # Pixels per chunk: the joints of one chunk hold CHUNK_PIXELS * p^2 * K^2 float32 values.
-_CHUNK_JOINT_VALUES = 1 << 22
+_CHUNK_JOINT_VALUES = 1 << 19
+# Kernel values below TAIL are left out of the joint when a whole band of bins holds only such
+# values: the normalised joint mass left out is below ~TAIL per bin, far under the 1e-6 noise
+# of float32 arithmetic. Bands are TAIL-free widths of _BAND_WIDTHS bins.
+TAIL = 1e-10
+_BAND_WIDTHS = (8, 16)
 # Pixels per band (whole rows of one image): bounds every per-pixel tensor.
 _BAND_PIXELS = 1 << 16
 # float32 like the published code; float64 is only used to check the arithmetic.
@@ -73,55 +82,108 @@ def _entropy_bits(pdf: torch.Tensor) -> torch.Tensor:
 
 
 class _Scorer:
-    """Scores of all candidates for chunks of pixels, reusing its large buffers across chunks."""
+    """Scores of all candidates for chunks of pixels; reuses its large buffers across chunks."""
 
-    def __init__(
-        self, p: int, n_bins: int, chunk: int, device: torch.device, dtype: torch.dtype
-    ) -> None:
-        n = p * p
-        # gather[(n, d)] = sigma[d, n]: target pixel paired with sample n under candidate d.
+    def __init__(self, p: int, device: torch.device, dtype: torch.dtype) -> None:
+        # gather[(n, d)] = sigma[d, n]: the target pixel paired with sample n under candidate d.
         self.gather = wrap_pairing(p).t().reshape(-1).to(device)
-        self.n, self.k = n, n_bins
-        self.joint = torch.empty(chunk, n_bins, n * n_bins, device=device, dtype=dtype)
-        self.logs = torch.empty_like(self.joint)
+        self.n, self.device, self.dtype = p * p, device, dtype
+        self._buffers: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def chunk(self, ks: int, kt: int) -> int:
+        return max(1, _CHUNK_JOINT_VALUES // (self.n * ks * kt))
+
+    def _buffers_for(self, ks: int, kt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if (ks, kt) not in self._buffers:
+            shape = (self.chunk(ks, kt), ks, self.n * kt)
+            joint = torch.empty(shape, device=self.device, dtype=self.dtype)
+            self._buffers[(ks, kt)] = (joint, torch.empty_like(joint))
+        return self._buffers[(ks, kt)]
 
     def __call__(
-        self, table: torch.Tensor, idx_src: torch.Tensor, idx_tgt: torch.Tensor, normalized: bool
+        self,
+        table: torch.Tensor,
+        idx_src: torch.Tensor,
+        idx_tgt: torch.Tensor,
+        band_src: tuple[torch.Tensor, int] | None,
+        band_tgt: tuple[torch.Tensor, int] | None,
+        normalized: bool,
     ) -> torch.Tensor:
         """idx_src, idx_tgt: C x P rows of ``table`` for the source samples and the target's
-        neighbourhood pixels. Returns C x P scores (candidates in row-major order)."""
+        neighbourhood pixels. band_src / band_tgt: (first bin per pixel, number of bins) outside
+        which every kernel value of that image's samples is below TAIL (None: all bins).
+        Returns C x P scores (candidates in row-major order)."""
         c, n = idx_src.shape
-        k = self.k
+        k = table.shape[1]
         src = F.embedding(idx_src, table)  # c, n, k: φ(u_n, k)
-        # Target rows in candidate order: tgt[c, n, (d, l)] = φ(w_{sigma[d, n]}, l).
-        tgt = F.embedding(idx_tgt[:, self.gather], table).view(c, n, n * k)
+        # Target rows in candidate order: tgt[c, n, d, l] = φ(w_{sigma[d, n]}, l).
+        tgt = F.embedding(idx_tgt[:, self.gather], table).view(c, n, n, k)
 
         # Marginals: the mean kernel value over the P samples, divided by (its sum + eps).
         pdf_u = src.mean(1)
         pdf_u = pdf_u / (pdf_u.sum(-1, keepdim=True) + EPS)
-        pdf_w = tgt.mean(1).view(c, n, k)
+        pdf_w = tgt.mean(1)
         pdf_w = pdf_w / (pdf_w.sum(-1, keepdim=True) + EPS)
         h_u = _entropy_bits(pdf_u).unsqueeze(1)
         h_w = _entropy_bits(pdf_w)
 
         # Totals of the joints from row sums: S_d = Σ_n (Σ_k φ(u_n, k)) (Σ_l φ(w_sigma[d, n], l)).
-        total = (src.sum(-1).unsqueeze(-1) * tgt.view(c, n, n, k).sum(-1)).sum(1)  # c, d
+        row_sums = table.sum(1)
+        rows_tgt = F.embedding(idx_tgt, row_sums[:, None])[..., 0][:, self.gather].view(c, n, n)
+        total = (F.embedding(idx_src, row_sums[:, None]) * rows_tgt).sum(1)  # c, d
         inv_z = 1.0 / (total + EPS)
+        # Only the bins where some sample's kernel is above TAIL can hold joint mass that counts.
+        src_b, ks = _take_band(src, band_src)
+        tgt_b, kt = _take_band(tgt, band_tgt)
         # Normalised joints of all candidates in one batched matmul, with 1/(S_d + eps) folded
         # into the (smaller) target operand: P[c, k, (d, l)] = Σ_n φ(u_n, k) φ(w_sigma[d, n], l).
-        tgt_scaled = (tgt.view(c, n, n, k) * inv_z.view(c, 1, n, 1)).view(c, n, n * k)
-        joint = self.joint[:c]
-        torch.bmm(src.transpose(1, 2), tgt_scaled, out=joint)
-        logs = self.logs[:c]
+        scale = inv_z.repeat_interleave(kt, dim=1).view(c, 1, n * kt)  # contiguous broadcast
+        tgt_scaled = tgt_b.reshape(c, n, n * kt) * scale
+        joint_buf, logs_buf = self._buffers_for(ks, kt)
+        joint, logs = joint_buf[:c], logs_buf[:c]
+        torch.bmm(src_b.transpose(1, 2), tgt_scaled, out=joint)
         torch.add(joint, EPS, out=logs)
         torch.log2(logs, out=logs)
         logs.mul_(joint)
-        h_uw = -logs.sum(1).view(c, n, k).sum(-1)
+        h_uw = -logs.sum(1).view(c, n, kt).sum(-1)
 
         mi = h_u + h_w - h_uw
         if normalized:
             return 2.0 * (mi + EPS) / (h_u + h_w + EPS)
         return mi
+
+
+def _take_band(
+    rows: torch.Tensor, band: tuple[torch.Tensor, int] | None
+) -> tuple[torch.Tensor, int]:
+    """rows[..., start : start + width] with a per-pixel start (first dim = pixels)."""
+    if band is None:
+        return rows, rows.shape[-1]
+    start, width = band
+    idx = start.view(-1, *([1] * (rows.dim() - 1))) + torch.arange(width, device=rows.device)
+    return rows.gather(-1, idx.expand(*rows.shape[:-1], width)), width
+
+
+def _bands(
+    nb: torch.Tensor, centres: torch.Tensor, reach: float, widths: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel: the narrowest width from ``widths`` (len(centres) = all bins) whose band
+    holds every bin within ``reach`` grey levels of a neighbourhood value, and its first bin.
+    Banding is only used when every value is inside [0, 255], where each kernel row sums to
+    at least ~1, so that the bins left out hold at most ~TAIL of the normalised joint."""
+    n_bins = centres.numel()
+    lo = nb.min(1).values.to(centres.dtype)
+    hi = nb.max(1).values.to(centres.dtype)
+    first = torch.searchsorted(centres, lo - reach)  # first centre >= lo - reach
+    last = torch.searchsorted(centres, hi + reach, right=True) - 1  # last centre <= hi + reach
+    need = last - first + 1
+    width = torch.full_like(need, n_bins)
+    for w in sorted(widths, reverse=True):
+        width = torch.where(need <= w, torch.full_like(need, w), width)
+    inside = (lo >= 0) & (hi <= 255)
+    width = torch.where(inside, width, torch.full_like(need, n_bins))
+    start = torch.minimum(first, n_bins - width).clamp_min(0)
+    return start, width
 
 
 def faithful_lmi(
@@ -154,9 +216,9 @@ def faithful_lmi(
     centres = torch.linspace(0, 255, n_bins, device=device, dtype=torch.float32).to(COMPUTE_DTYPE)
     table = torch.exp(-0.5 * ((levels[:, None] - centres[None, :]) / kernel_std) ** 2)
 
-    n_cand = p * p
-    chunk = max(1, _CHUNK_JOINT_VALUES // (n_cand * n_bins * n_bins))
-    scorer = _Scorer(p, n_bins, min(chunk, batch * height * width), device, COMPUTE_DTYPE)
+    scorer = _Scorer(p, device, COMPUTE_DTYPE)
+    # Beyond this distance from a sample its kernel value is below TAIL (see _bands).
+    reach = kernel_std * math.sqrt(2.0 * math.log(1.0 / TAIL))
     # Bands of whole rows of one image at a time keep every per-pixel tensor small.
     band_rows = max(1, _BAND_PIXELS // width)
     aligned = torch.empty_like(target)
@@ -166,7 +228,7 @@ def faithful_lmi(
             rows = slice(y0, min(height, y0 + band_rows))
             nb_src = _neighbourhoods(q_src[b : b + 1], p, rows, width)
             nb_tgt = _neighbourhoods(q_tgt[b : b + 1], p, rows, width)
-            scores = _band_scores(nb_src, nb_tgt, table, lo, hi, scorer, chunk, normalized)
+            scores = _band_scores(nb_src, nb_tgt, table, centres, reach, lo, hi, scorer, normalized)
             best = scores.argmax(1)  # the first maximum: the first candidate in row-major order
             n_rows = rows.stop - rows.start
             similarity[b, 0, rows] = scores.gather(1, best[:, None]).view(n_rows, width)
@@ -180,42 +242,48 @@ def _band_scores(
     nb_src: torch.Tensor,
     nb_tgt: torch.Tensor,
     table: torch.Tensor,
+    centres: torch.Tensor,
+    reach: float,
     lo: int,
     hi: int,
     scorer: _Scorer,
-    chunk: int,
     normalized: bool,
 ) -> torch.Tensor:
-    """Scores (pixels x candidates) of one band of pixels."""
+    """Scores (pixels x candidates) of one band of image rows."""
     scores = torch.empty(nb_src.shape, device=table.device, dtype=table.dtype)
     # Windows flat in both images (background) depend only on the two values: compute each once.
     flat = (nb_src == nb_src[:, :1]).all(1) & (nb_tgt == nb_tgt[:, :1]).all(1)
     flat_idx = flat.nonzero().flatten()
+    rest = (~flat).nonzero().flatten()
+    todo = rest
+    inverse = None
     if flat_idx.numel():
         key = (nb_src[flat_idx, 0].long() - lo) * (hi - lo + 1) + (nb_tgt[flat_idx, 0].long() - lo)
         uniq, inverse = torch.unique(key, return_inverse=True)
         rep = torch.zeros(uniq.numel(), dtype=torch.long, device=table.device)
         rep[inverse] = flat_idx
-        rep_scores = _chunked(nb_src[rep], nb_tgt[rep], table, lo, scorer, chunk, normalized)
-        scores[flat_idx] = rep_scores[inverse]
-    rest = (~flat).nonzero().flatten()
-    if rest.numel():
-        scores[rest] = _chunked(nb_src[rest], nb_tgt[rest], table, lo, scorer, chunk, normalized)
+        todo = torch.cat([rest, rep])
+    n_bins = table.shape[1]
+    widths = tuple(w for w in _BAND_WIDTHS if w < n_bins)
+    start_s, width_s = _bands(nb_src[todo], centres, reach, widths)
+    start_t, width_t = _bands(nb_tgt[todo], centres, reach, widths)
+    out = torch.empty(todo.numel(), nb_src.shape[1], device=table.device, dtype=table.dtype)
+    for ks in (*widths, n_bins):
+        for kt in (*widths, n_bins):
+            group = ((width_s == ks) & (width_t == kt)).nonzero().flatten()
+            chunk = scorer.chunk(ks, kt)
+            for start in range(0, group.numel(), chunk):
+                sel = group[start : start + chunk]
+                pix = todo[sel]
+                out[sel] = scorer(
+                    table,
+                    (nb_src[pix] - lo).long(),
+                    (nb_tgt[pix] - lo).long(),
+                    None if ks == n_bins else (start_s[sel], ks),
+                    None if kt == n_bins else (start_t[sel], kt),
+                    normalized,
+                )
+    scores[rest] = out[: rest.numel()]
+    if inverse is not None:
+        scores[flat_idx] = out[rest.numel() :][inverse]
     return scores
-
-
-def _chunked(
-    nb_src: torch.Tensor,
-    nb_tgt: torch.Tensor,
-    table: torch.Tensor,
-    lo: int,
-    scorer: _Scorer,
-    chunk: int,
-    normalized: bool,
-) -> torch.Tensor:
-    out = []
-    for start in range(0, nb_src.shape[0], chunk):
-        idx_src = (nb_src[start : start + chunk] - lo).long()
-        idx_tgt = (nb_tgt[start : start + chunk] - lo).long()
-        out.append(scorer(table, idx_src, idx_tgt, normalized))
-    return torch.cat(out)

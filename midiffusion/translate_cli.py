@@ -118,12 +118,7 @@ def _device(name: str) -> str:
 
 
 def translate_file(args: argparse.Namespace) -> Path:
-    from tqdm import tqdm
-
-    from midiffusion.imaging import save_nifti, save_png
-    from midiffusion.translate import Translator
-    from model_store import ModelStore
-
+    # File problems are reported before torch and the model are loaded (seconds on a CPU).
     out_kind = _kind(args.output, "output")
     image = _load_input(args.input)
     if out_kind == "png" and len([s for s in image.shape if s > 1]) > 2:
@@ -131,6 +126,13 @@ def translate_file(args: argparse.Namespace) -> Path:
             f"{args.input} is a volume of shape {image.shape}: a PNG output holds one slice; "
             "write .nii or .nii.gz instead"
         )
+
+    from tqdm import tqdm
+
+    from midiffusion.imaging import save_nifti, save_png
+    from midiffusion.translate import Translator
+    from model_store import ModelStore
+
     verified = choose_model(ModelStore(args.store), args.model, args.version, args.mode)
     translator = Translator.load(
         verified.card.model_dump(), verified.weights_path, _device(args.device)

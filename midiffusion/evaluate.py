@@ -188,7 +188,9 @@ class _Direction:
     truth: np.ndarray | None
 
 
-def _directions(settings: EvalSettings, data_root: Path | None, grid: int) -> list[_Direction]:
+def _directions(
+    settings: EvalSettings, data_root: Path | None, grid: int | None
+) -> list[_Direction]:
     from midiffusion.data.sets import load_volumes
 
     wanted = settings.directions or [d for d, v in DIRECTIONS.items() if v[0] in settings.protocols]
@@ -203,7 +205,7 @@ def _directions(settings: EvalSettings, data_root: Path | None, grid: int) -> li
             volumes[set_name] = load_volumes(set_name, data_root)
         vols = volumes[set_name]
         shape = vols["mask"].shape
-        if shape[:2] != (grid, grid):
+        if grid is not None and shape[:2] != (grid, grid):
             raise EvaluationError(
                 f"set {set_name} is built on a {shape[0]}x{shape[1]} grid but the model works "
                 f"on {grid}x{grid}; rebuild the set with the model's grid"
@@ -240,14 +242,20 @@ def evaluate(
         raise EvaluationError(f"unknown method(s) {unknown}; accepted: {list(METHOD_GROUPS)}")
     store = store or ModelStore()
     device = _resolve_device(settings.device)
-    model_name = settings.model or store.default_name()
-    translator, card = _load_translator(store, model_name, settings.version, device, faithful=False)
-    faithful = None
+    translator = card = faithful = None
+    grid = None
+    if {"midiffusion", "sdedit"} & set(settings.methods):  # the baselines need no model
+        model_name = settings.model or store.default_name()
+        translator, card = _load_translator(
+            store, model_name, settings.version, device, faithful=False
+        )
+        grid = card.grid_size
     if "faithful" in settings.methods and settings.faithful_model:
         faithful = _load_translator(store, settings.faithful_model, None, device, faithful=True)
-        if faithful[1].grid_size != card.grid_size:
+        if grid is not None and faithful[1].grid_size != grid:
             raise EvaluationError("the faithful model's grid differs from the main model's")
-    directions = _directions(settings, data_root, card.grid_size)
+        grid = faithful[1].grid_size
+    directions = _directions(settings, data_root, grid)
     prior = None
     if "histogram" in settings.methods:
         prior = baselines.target_prior(training_slices(settings.prior_set, data_root))
@@ -256,7 +264,7 @@ def evaluate(
     results: dict = {
         "protocol": "benchmark.md mni-synth / ct-real",
         "settings": asdict(settings),
-        "model": _card_summary(card),
+        "model": _card_summary(card) if card else None,
         "faithful_model": _card_summary(faithful[1]) if faithful else None,
         "environment": {
             "torch": torch.__version__,
@@ -485,13 +493,20 @@ def _fmt(stat: dict | None, digits: int = 3) -> str:
 def markdown_report(results: dict) -> str:
     """The results tables as markdown: metrics, then slice-to-slice consistency."""
     s, m = results["settings"], results["model"]
+    if m is None:
+        model = "No model run (baselines only)"
+    else:
+        guidance = s["guidance"] if s["guidance"] is not None else m["sampling"].get("guidance")
+        model = (
+            f"Model `{m['name']}` v{m['version']} ({m['training_iterations']} training "
+            f"iterations, {m['parameters']:,} parameters); sampler "
+            f"{s['sampler'] or m['sampling'].get('sampler')}, "
+            f"{s['steps'] or m['sampling'].get('steps')} steps, guidance {guidance}; "
+            f"SDEdit t0 = {s['sdedit_t0']}"
+        )
     lines = [
-        f"Model `{m['name']}` v{m['version']} ({m['training_iterations']} training iterations, "
-        f"{m['parameters']:,} parameters); sampler {s['sampler'] or m['sampling'].get('sampler')}"
-        f", {s['steps'] or m['sampling'].get('steps')} steps, guidance "
-        f"{s['guidance'] if s['guidance'] is not None else m['sampling'].get('guidance')}; "
-        f"SDEdit t0 = {s['sdedit_t0']}; seed {s['seed']}. Mean ± standard deviation over slices "
-        "(inside the brain mask); n = slices per direction.",
+        f"{model}; seed {s['seed']}. Mean ± standard deviation over slices (inside the brain "
+        "mask); n = slices per direction.",
         "",
         "| direction | method | n | SSIM(tar) | SSIM(src) | PSNR (dB) | MSE | NMI(tar) | NMI(src) "
         "| FID | s/slice |",
@@ -548,7 +563,10 @@ def _figure(d: _Direction, outputs: dict, entry: dict, n_rows: int, out_dir: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = select_slices(len(d.source), n_rows)
+    # rows evenly spaced over the middle of the slab: the end slices hold little brain
+    n = len(d.source)
+    rows = np.unique(np.linspace(0.15 * (n - 1), 0.85 * (n - 1), min(n_rows, n)).round())
+    rows = rows.astype(int)
     columns = [("source", d.source)] + [(n, outputs[n]) for n in ROWS if n in outputs]
     if d.truth is not None:
         columns.append(("ground truth", d.truth))

@@ -179,3 +179,18 @@ def test_cli_errors_are_one_line(tiny_model_store, data_root, tmp_path, capsys) 
     err = capsys.readouterr().err.strip()
     assert "not built" in err and "midiffusion data build" in err
     assert not (tmp_path / "results.json").exists()
+
+
+def test_baselines_only_run_needs_no_model(data_root, tmp_path, capsys) -> None:
+    args = ["evaluate", "--store", str(tmp_path / "nostore"), "--data-dir", str(data_root)]
+    args += ["--methods", "histogram", "identity", "--no-fid", "--slices", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["model"] is None
+    assert list(saved["directions"]["CT->T1"]["methods"]) == [
+        "histogram",
+        "histogram-inverted",
+        "histogram-best",
+        "identity",
+    ]
+    assert "baselines only" in capsys.readouterr().out

@@ -24,6 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     verify = sub.add_parser("verify", help="check weights against the card's sha256")
     verify.add_argument("name", nargs="?", help="default: every model")
     verify.add_argument("--version", type=int)
+    samples = sub.add_parser("samples", help="a grid PNG of unconditional samples (the prior)")
+    samples.add_argument("name")
+    samples.add_argument("--version", type=int)
+    samples.add_argument("-o", "--out", type=Path, required=True, help="PNG path")
+    samples.add_argument("-n", type=int, default=16, help="number of samples")
+    samples.add_argument("--steps", type=int, default=50)
+    samples.add_argument("--seed", type=int, default=0)
     pub = sub.add_parser("publish", help="store a training run's EMA weights as a new version")
     pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
     pub.add_argument("--name", required=True)
@@ -63,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
             for name, version in targets:
                 v = store.verified(name, version)
                 print(f"ok\t{v.card.name} v{v.card.version}\t{v.card.sha256}")
+        elif args.action == "samples":
+            v = store.verified(args.name, args.version)
+            grid = sample_grid(v.card.model_dump(), v.weights_path, args.n, args.steps, args.seed)
+            from midiffusion.imaging import save_png
+
+            save_png(grid, args.out)
+            print(f"{args.n} unconditional samples of {v.card.name} v{v.card.version}: {args.out}")
         elif args.action == "publish":
             from midiffusion.train import export_model
 
@@ -92,3 +106,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}")
         return 1
     return 0
+
+
+def sample_grid(card: dict, weights: Path, n: int, steps: int, seed: int):
+    """Unconditional samples (guidance 0: the target prior alone) tiled into one image."""
+    import numpy as np
+    import torch
+
+    from midiffusion.denoiser import LMIGuidedDenoiser
+    from midiffusion.samplers import get_sampler
+    from midiffusion.translate import Translator
+
+    t = Translator.load(card, weights)
+    sigmas = t.schedule.sampling_sigmas(steps).float()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, t.grid, t.grid, generator=gen) * sigmas[0]
+    denoiser = LMIGuidedDenoiser(t.net, t.schedule, t.spec, None, guidance=0.0)
+    x0 = get_sampler(t.sampling.get("sampler", "ddim"))(denoiser, x, sigmas)
+    imgs = [np.rot90(a) for a in t.spec.to_unit(x0)[:, 0].numpy()]  # anterior up
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    pad = [np.zeros_like(imgs[0])] * (rows * cols - n)
+    tiles = imgs + pad
+    return np.vstack([np.hstack(tiles[r * cols : (r + 1) * cols]) for r in range(rows)])

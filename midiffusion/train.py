@@ -81,6 +81,13 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # the shipped T1 model: ~3.5M parameters
     "t1w": {},
+    # the published pipeline's conditioning: faithful LMI (NMI) on the raw VP state, data in
+    # [0,1]; needed for the benchmark's "faithful" method (1000-step DDPM at sampling)
+    "t1w-faithful": {
+        "conditioning": ConditioningSpec(
+            lmi=LMISettings(mode="faithful", normalized=True), state="raw_vp", data_range=(0.0, 1.0)
+        ).to_dict(),
+    },
     # a few-second model for tests and smoke runs
     "tiny": {
         "network": UNetConfig(

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
@@ -72,3 +73,14 @@ def test_store_is_torch_free():
     code = "import sys, model_store; model_store.ModelStore().list(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_unconditional_sample_grid(tiny_model_store):
+    from midiffusion.models_cli import sample_grid
+
+    v = tiny_model_store.verified("tiny")
+    grid = sample_grid(v.card.model_dump(), v.weights_path, n=5, steps=3, seed=0)
+    assert grid.shape == (2 * 32, 3 * 32)  # 5 samples in 2 rows of 3, one tile padded
+    assert grid.min() >= 0 and grid.max() <= 1
+    tiles = [grid[:32, :32], grid[:32, 32:64]]
+    assert not np.array_equal(*tiles)  # independent noise per sample

@@ -58,15 +58,20 @@ def test_resume_refuses_a_different_config(data, tmp_path):
     assert (tmp_path / CHECKPOINT).is_file()
 
 
-def test_training_and_sampling_build_identical_conditions(data):
+@pytest.mark.parametrize("family", ["clean", "faithful"])
+def test_training_and_sampling_build_identical_conditions(data, family):
     """The training step and the sampler's denoiser must feed the network the same maps."""
-    spec = ConditioningSpec.from_dict(TrainConfig.load("tiny").conditioning)
+    config = TrainConfig.load("tiny")
+    if family == "faithful":
+        config.conditioning = TrainConfig.load("t1w-faithful").conditioning
+    spec = ConditioningSpec.from_dict(config.conditioning)
     schedule = DDPMSchedule()
     y01 = torch.from_numpy(data[:3]).unsqueeze(1)
     sigma = schedule.sigmas[[10, 300, 900]].float()
     x_ve = spec.to_model(y01) + sigma.view(-1, 1, 1, 1) * torch.randn_like(y01)
 
-    trainer = Trainer(TrainConfig.load("tiny"), data, "/tmp/unused-train-dir")
+    trainer = Trainer(config, data, "/tmp/unused-train-dir")
+    trainer.train_step()  # the training step runs with this conditioning
     train_cond = trainer.spec.condition(y01, x_ve, sigma, trainer.self_maps[:3])
 
     seen = {}

@@ -28,8 +28,6 @@ import time
 import numpy as np
 import torch
 
-from midiffusion.conditioning import ConditioningSpec
-from midiffusion.lmi import LMISettings
 from midiffusion.train import TrainConfig
 from midiffusion.translate import Translator
 from midiffusion.unet import UNet, UNetConfig
@@ -60,9 +58,8 @@ def load_translator(device: str) -> tuple[Translator, str]:
 
 def faithful_translator(base: Translator) -> Translator:
     card = dict(base.card)
-    card["conditioning"] = ConditioningSpec(
-        lmi=LMISettings(mode="faithful"), state="raw_vp", data_range=(0.0, 1.0)
-    ).to_dict()
+    # the conditioning a faithful-trained model records (the t1w-faithful training preset)
+    card["conditioning"] = TrainConfig.load("t1w-faithful").conditioning
     return Translator(base.net, card, base.device)
 
 

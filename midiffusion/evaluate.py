@@ -65,6 +65,7 @@ METRIC_LABELS = {
     "nmi_tar": "NMI(tar)",
     "nmi_src": "NMI(src)",
 }
+READABLE = 0o644  # mkstemp creates 0600 files; results are meant to be shared
 NO_FAITHFUL = "not run: no faithful-trained model in the store (pass --faithful-model NAME)"
 
 
@@ -467,6 +468,7 @@ def _write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, READABLE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -599,6 +601,7 @@ def _figure(d: _Direction, outputs: dict, entry: dict, n_rows: int, out_dir: Pat
     os.close(fd)
     try:
         fig.savefig(tmp)
+        os.chmod(tmp, READABLE)
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -130,6 +130,7 @@ def test_markdown_table_and_figures(run) -> None:
     assert any("FLAIR->T1 | midiffusion | 2 | " in r and " ± " in r for r in metric_rows)
     assert any("faithful" in r and "not run" in r for r in metric_rows)
     assert "FID" in table and "noisy" in table
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in out.iterdir())
     for direction, name in results["figures"].items():
         with Image.open(out / name) as im:
             im.verify()

@@ -15,6 +15,10 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("midiffusion.demo", "run the end-to-end demo on registry-shipped data"),
+    "serve": (
+        "service.serve",
+        "run the REST gateway (and an embedded worker when no Redis is configured)",
+    ),
 }
 
 

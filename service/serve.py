@@ -1,0 +1,78 @@
+"""``midiffusion serve``: the REST gateway, plus one embedded worker when no Redis is set.
+
+With ``MIDIFF_REDIS_URL`` set the gateway only enqueues; run workers with
+``celery -A worker worker``. Without it, one process holds the gateway and a ``solo`` Celery
+worker thread on Celery's in-memory transport, with job records in SQLite under
+``MIDIFF_STORAGE_DIR``: the same task code path, nothing faked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import threading
+from typing import Any
+
+log = logging.getLogger("midiffusion.service")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+
+
+def _start_embedded_worker(celery_app: Any, loglevel: str) -> Any:
+    worker = celery_app.WorkController(
+        pool_cls="solo",
+        concurrency=1,
+        hostname=f"embedded@{socket.gethostname()}",
+        loglevel=loglevel.upper(),
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    threading.Thread(target=worker.start, name="embedded-worker", daemon=True).start()
+    return worker
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.auth import AuthConfigError
+    from service.settings import GatewaySettings, WorkerSettings
+    from worker.app import create_celery_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = GatewaySettings()
+    embedded = not settings.redis_url
+    celery_app = create_celery_app(WorkerSettings()) if embedded else None
+    try:
+        app = create_app(settings, celery_app=celery_app)
+    except AuthConfigError as exc:
+        print(f"midiffusion serve: {exc}", file=sys.stderr)
+        return 2
+    worker = None
+    if embedded:
+        log.info(
+            "embedded mode: gateway and one worker in this process, in-memory queue, "
+            "job records in %s",
+            settings.storage_dir / "jobs.sqlite3",
+        )
+        worker = _start_embedded_worker(celery_app, args.log_level)
+    else:
+        log.info(
+            "gateway only: jobs go to %s; start workers with `celery -A worker worker`",
+            settings.redis_url,
+        )
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    finally:
+        if worker is not None:
+            worker.stop(in_sighandler=False)
+    return 0

@@ -1,0 +1,80 @@
+"""The network's condition: ``[cross-LMI(source, state), self-LMI(source, source)]``.
+
+Training and sampling call the same function with the same settings (read from the model card),
+so the network sees at test time exactly the kind of maps it was trained on (the published code
+does not: it trains on NMI and samples with raw MI for 4 of 5 configs, algorithm.md 1.9-5).
+
+How the noisy state is shown to LMI (``state``):
+- ``"range_consistent"`` (clean): the VE state ``x0 + sigma * eps`` mapped from the model's data
+  range to [0,1] and clipped. Early in sampling this is a clipped, mostly binary image; late it is
+  the image itself. LMI always gets values in its working range, so there is no NMI = 2
+  saturation (algorithm.md 1.8, 7.2).
+- ``"raw_vp"`` (faithful): the VP state ``x_t`` itself, unclipped, as the published sampler does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from midiffusion.lmi import LMISettings, local_mutual_information
+
+STATES = ("range_consistent", "raw_vp")
+
+
+@dataclass(frozen=True)
+class ConditioningSpec:
+    lmi: LMISettings = field(default_factory=LMISettings)
+    state: str = "range_consistent"
+    data_range: tuple[float, float] = (-1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"unknown conditioning state {self.state!r}; accepted: {STATES}")
+
+    def to_dict(self) -> dict:
+        return {"lmi": self.lmi.to_dict(), "state": self.state, "data_range": list(self.data_range)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ConditioningSpec:
+        return cls(
+            lmi=LMISettings.from_dict(d["lmi"]),
+            state=d.get("state", "range_consistent"),
+            data_range=tuple(d.get("data_range", (-1.0, 1.0))),
+        )
+
+    # --- data-range helpers ------------------------------------------------------------------
+    def to_model(self, image01: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.data_range
+        return image01 * (hi - lo) + lo
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.data_range
+        return ((x - lo) / (hi - lo)).clamp(0, 1)
+
+    # --- the maps ----------------------------------------------------------------------------
+    def lmi_map(self, source01: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return local_mutual_information(source01, target, **self.lmi.to_dict()).similarity
+
+    def self_map(self, source01: torch.Tensor) -> torch.Tensor:
+        return self.lmi_map(source01, source01)
+
+    def state_image(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """What LMI compares the source with, for VE state ``x_ve`` at noise level ``sigma``."""
+        if self.state == "range_consistent":
+            return self.to_unit(x_ve)
+        return x_ve / (1 + sigma.reshape(-1, 1, 1, 1) ** 2).sqrt()  # VP state, unclipped
+
+    def condition(
+        self,
+        source01: torch.Tensor,
+        x_ve: torch.Tensor,
+        sigma: torch.Tensor,
+        self_map: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B,2,H,W) condition for VE state ``x_ve``; ``self_map`` may be cached by the caller."""
+        if self_map is None:
+            self_map = self.self_map(source01)
+        cross = self.lmi_map(source01, self.state_image(x_ve, sigma))
+        return torch.cat([cross, self_map], dim=1)

@@ -1,0 +1,51 @@
+"""The LMI-guided denoiser: wraps the epsilon network as ``D(x_ve, sigma) -> x0_hat``.
+
+Every call recomputes the cross-LMI between the source and the current state (the paper's
+guidance), reuses the cached self-LMI of the source, and optionally applies classifier-free
+guidance on the condition: ``eps = eps_uncond + w * (eps_cond - eps_uncond)`` (not in the paper;
+the network is trained with condition dropout, see ``unet.py``). ``guidance = 1`` is the plain
+conditional model, ``guidance = 0`` ignores the source (the unconditional prior).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from midiffusion.conditioning import ConditioningSpec
+from midiffusion.schedules import DDPMSchedule, ve_to_vp
+from midiffusion.unet import UNet
+
+
+class LMIGuidedDenoiser:
+    def __init__(
+        self,
+        net: UNet,
+        schedule: DDPMSchedule,
+        spec: ConditioningSpec,
+        source01: torch.Tensor | None,
+        guidance: float = 1.0,
+    ) -> None:
+        self.net, self.schedule, self.spec, self.guidance = net, schedule, spec, float(guidance)
+        self.source01 = source01
+        self.self_map = spec.self_map(source01) if source01 is not None else None
+
+    def eps(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        t = self.schedule.sigma_to_t(sigma.detach().cpu()).to(x_ve.device, x_ve.dtype)
+        x_vp = ve_to_vp(x_ve, sigma.reshape(-1, 1, 1, 1))
+        b = x_ve.shape[0]
+        if self.source01 is None or self.guidance == 0:
+            zeros = x_ve.new_zeros(b, 2, *x_ve.shape[2:])
+            return self.net(x_vp, t, zeros, torch.zeros(b, dtype=torch.bool, device=x_ve.device))
+        cond = self.spec.condition(self.source01, x_ve, sigma, self.self_map)
+        if self.guidance == 1:
+            return self.net(x_vp, t, cond)
+        # one batched call for the conditional and unconditional predictions
+        mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
+        eps_c, eps_u = self.net(
+            torch.cat([x_vp, x_vp]), torch.cat([t, t]), torch.cat([cond, cond]),
+            mask.to(x_ve.device),
+        ).chunk(2)
+        return eps_u + self.guidance * (eps_c - eps_u)
+
+    def __call__(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x_ve - sigma.reshape(-1, 1, 1, 1) * self.eps(x_ve, sigma)

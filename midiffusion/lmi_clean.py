@@ -1,0 +1,214 @@
+"""Clean LMI: true shifted windows and a sample-based KDE that is safe and differentiable.
+
+Estimator. For pixel i and offset d the P = p^2 paired samples are u_n = S(i + δ_n) and
+w_n = X(i + d + δ_n) (zero padding outside the image). With Gaussian kernels evaluated at the
+samples themselves (resubstitution KDE), a_nm = exp(-(u_n - u_m)^2 / 2h_S^2) and
+b_nm = exp(-(w_n - w_m)^2 / 2h_X^2), and the kernel constants cancel:
+
+    H_S = mean_n log(P / Σ_m a_nm),   H_X = mean_n log(P / Σ_m b_nm),
+    H_SX = mean_n log(P / Σ_m a_nm b_nm),   MI = H_S + H_X - H_SX.
+
+Every row sum holds its own m = n term (= 1), so every log is of a number in [1, P]: no
+epsilon, any input values are safe. MI <= min(H_S, H_X) <= log P, so NMI = 2 MI / (H_S + H_X)
+lies in [0, 1] (clamped: the resubstitution MI can dip a hair below 0).
+
+Accuracy in flat regions. There all kernel values are close to 1 and the three entropies are
+tiny differences of large numbers. We therefore work with g = 1 - a = -expm1(-Δ²/2h²), which is
+exact for small Δ: with ḡ_n = Σ_m g_nm / P,
+
+    H_S = -mean_n log1p(-ḡ^S_n),
+    MI  =  mean_n log1p((q_n - ḡ^S_n ḡ^X_n) / ((1 - ḡ^S_n)(1 - ḡ^X_n))),
+    q_n = Σ_m g^S_nm g^X_nm / P
+
+(an exact rewriting of the formulas above: q_n - ḡ^S_n ḡ^X_n is the covariance over m of the two
+kernel rows). So NMI keeps full relative precision even where the entropies are 1e-6.
+
+Compute. g^S depends only on the source patch at i and g^X only on the target patch at i + d,
+so the P(P-1)/2 unique pairwise values of every pixel's own patch are computed once per image
+(target: on a grid extended by R so that shifted patches read the zero-padded image exactly) and
+each candidate only multiplies the source's values by a shifted view of the target's.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+# Default bandwidth: "auto" (chosen by measurement, see the module docstring of midiffusion.lmi
+# and the README's LMI section).
+DEFAULT_BANDWIDTH: float | str = "auto"
+# auto bandwidth = AUTO_FACTOR x robust spread of the image's non-background pixels.
+AUTO_FACTOR = 0.5
+# Work in chunks of at most this many (pixel x pair) float values per intermediate tensor.
+_CHUNK_VALUES = 1 << 22
+
+
+@lru_cache(maxsize=8)
+def _pairs(patch_size: int) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Row-major patch offsets (as 0..p-1 indices) and the unique pairs n < m."""
+    offsets = [(a, b) for a in range(patch_size) for b in range(patch_size)]
+    first, second = [], []
+    for n in range(len(offsets)):
+        for m in range(n + 1, len(offsets)):
+            first.append(n)
+            second.append(m)
+    return offsets, first, second
+
+
+def _incidence(patch_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(pairs x P) matrix / P: multiplying pair values by it gives Σ_{m≠n} g_nm / P per row n."""
+    offsets, first, second = _pairs(patch_size)
+    n_pairs, n_samples = len(first), len(offsets)
+    inc = torch.zeros(n_pairs, n_samples, dtype=dtype, device=device)
+    idx = torch.arange(n_pairs, device=device)
+    inc[idx, torch.tensor(first, device=device)] = 1.0 / n_samples
+    inc[idx, torch.tensor(second, device=device)] = 1.0 / n_samples
+    return inc
+
+
+def auto_bandwidth(image: torch.Tensor) -> torch.Tensor:
+    """Per batch element bandwidth, AUTO_FACTOR x robust spread of the non-background pixels.
+
+    Background = pixels within 2% of the image's value range of the median of its outer frame
+    (zero-filled MRI background, or nothing at all in a noisy diffusion state). Spread = 1.4826 x
+    the median absolute deviation of the remaining pixels (the std for Gaussian data). Fallbacks
+    when that is zero: the std of all pixels, then 1.0 (a constant image: any h gives the same
+    result). Returns a B x 1 x 1 x 1 tensor.
+    """
+    out = []
+    for img in image.flatten(1):
+        grid = img.view(image.shape[-2], image.shape[-1])
+        frame = torch.cat([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
+        background = frame.median()
+        span = img.max() - img.min()
+        fg = img[(img - background).abs() > 0.02 * span]
+        if fg.numel() < 16:
+            fg = img
+        med = fg.median()
+        spread = 1.4826 * (fg - med).abs().median()
+        if not bool(spread > 0):
+            spread = img.std(unbiased=False) if img.numel() > 1 else img.new_tensor(0.0)
+        if not bool(spread > 0):
+            spread = img.new_tensor(1.0)
+        out.append(AUTO_FACTOR * spread)
+    return torch.stack(out).view(-1, 1, 1, 1)
+
+
+def _bandwidths(image: torch.Tensor, bandwidth: float | str | None) -> torch.Tensor:
+    choice = DEFAULT_BANDWIDTH if bandwidth is None else bandwidth
+    if choice == "auto":
+        return auto_bandwidth(image)
+    return image.new_full((image.shape[0], 1, 1, 1), float(choice))
+
+
+def _pair_g(padded: torch.Tensor, h: torch.Tensor, out_h: int, out_w: int, p: int) -> torch.Tensor:
+    """g = 1 - kernel for every unique sample pair of every patch: B x out_h x out_w x pairs.
+
+    ``padded`` is B x 1 x (out_h + p - 1) x (out_w + p - 1); the patch of output pixel (y, x)
+    is padded[y : y + p, x : x + p].
+    """
+    offsets, first, second = _pairs(p)
+    samples = torch.stack([padded[:, 0, a : a + out_h, b : b + out_w] for a, b in offsets], dim=-1)
+    diff = samples[..., first] - samples[..., second]
+    return -torch.expm1(-0.5 * (diff / h.view(-1, 1, 1, 1)) ** 2)
+
+
+def _band(
+    src_pad: torch.Tensor,
+    tgt_pad: torch.Tensor,
+    h_src: torch.Tensor,
+    h_tgt: torch.Tensor,
+    out_h: int,
+    out_w: int,
+    p: int,
+    radius: int,
+    normalized: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LMI of one band: src_pad has a halo of r = (p-1)/2, tgt_pad a halo of r + R."""
+    n_samples = p * p
+    ext_h, ext_w = out_h + 2 * radius, out_w + 2 * radius
+    inc = _incidence(p, src_pad.dtype, src_pad.device)
+    g_s = _pair_g(src_pad, h_src, out_h, out_w, p)  # B x h x w x pairs
+    g_t = _pair_g(tgt_pad, h_tgt, ext_h, ext_w, p)  # B x (h+2R) x (w+2R) x pairs
+    gbar_s = g_s @ inc  # B x h x w x P, each in [0, (P-1)/P]
+    gbar_t = g_t @ inc
+    ent_s = -torch.log1p(-gbar_s).mean(-1)
+    ent_t = -torch.log1p(-gbar_t).mean(-1)
+    inv_s = 1.0 / (1.0 - gbar_s)
+    inv_t = 1.0 / (1.0 - gbar_t)
+    r = (p - 1) // 2
+    target = tgt_pad[:, 0, r : r + ext_h, r : r + ext_w]  # X on the extended grid (zeros outside)
+
+    best = aligned = None
+    span = 2 * radius + 1
+    for dy in range(span):
+        for dx in range(span):
+            win = (slice(None), slice(dy, dy + out_h), slice(dx, dx + out_w))
+            q = (g_s * g_t[win]) @ inc
+            ratio = (q - gbar_s * gbar_t[win]) * inv_s * inv_t[win]
+            mi = torch.log1p(ratio).mean(-1)
+            if normalized:
+                score = (2.0 * mi / (ent_s + ent_t[win]).clamp_min(1e-30)).clamp(0.0, 1.0)
+            else:
+                score = (mi / math.log(n_samples)).clamp(0.0, 1.0)
+            value = target[win]
+            if best is None:
+                best, aligned = score, value
+            else:
+                better = score > best  # strict: the first offset in row-major order wins ties
+                best = torch.where(better, score, best)
+                aligned = torch.where(better, value, aligned)
+    assert best is not None and aligned is not None
+    return aligned, best
+
+
+def clean_lmi(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    patch_size: int,
+    search_radius: int,
+    bandwidth: float | str | None,
+    normalized: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean-mode LMI (inputs already validated). Returns (aligned, similarity), B x 1 x H x W."""
+    batch, _, height, width = source.shape
+    p, radius = patch_size, search_radius
+    r = (p - 1) // 2
+    h_src = _bandwidths(source, bandwidth)
+    h_tgt = _bandwidths(target, bandwidth)
+    src_pad = F.pad(source, (r, r, r, r))
+    tgt_pad = F.pad(target, (r + radius,) * 4)
+
+    # Chunk over batch elements and row bands: the largest intermediate is pixels x pairs.
+    n_pairs = p * p * (p * p - 1) // 2
+    ext_w = width + 2 * radius
+    rows = max(1, _CHUNK_VALUES // (n_pairs * ext_w) - 2 * radius)
+    per_chunk = max(1, _CHUNK_VALUES // (n_pairs * ext_w * (height + 2 * radius)))
+    aligned_parts, sim_parts = [], []
+    for b0 in range(0, batch, per_chunk):
+        b1 = min(batch, b0 + per_chunk)
+        band_al, band_sim = [], []
+        for y0 in range(0, height, rows):
+            y1 = min(height, y0 + rows)
+            al, sim = _band(
+                src_pad[b0:b1, :, y0 : y1 + 2 * r],
+                tgt_pad[b0:b1, :, y0 : y1 + 2 * r + 2 * radius],
+                h_src[b0:b1],
+                h_tgt[b0:b1],
+                y1 - y0,
+                width,
+                p,
+                radius,
+                normalized,
+            )
+            band_al.append(al)
+            band_sim.append(sim)
+        aligned_parts.append(torch.cat(band_al, dim=1))
+        sim_parts.append(torch.cat(band_sim, dim=1))
+    aligned = torch.cat(aligned_parts, dim=0).unsqueeze(1)
+    similarity = torch.cat(sim_parts, dim=0).unsqueeze(1)
+    return aligned, similarity

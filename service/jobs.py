@@ -484,8 +484,7 @@ class SQLiteJobStore(JobStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._tx() as db:
-            db.executescript(_SCHEMA)
+        self._db().executescript(_SCHEMA)  # executescript manages its own transaction
 
     def _db(self) -> sqlite3.Connection:
         # One connection per thread: sqlite3 connections must not be shared across threads.

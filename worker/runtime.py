@@ -50,17 +50,6 @@ def output_filename(input_filename: str, model_name: str, suffix: str) -> str:
     return f"{stem}_{model_name}{suffix}"
 
 
-def to_unit_range(array: Any) -> Any:
-    """Min-max scale to [0, 1] for PNG (a constant image becomes all zeros)."""
-    import numpy as np
-
-    arr = np.asarray(array, dtype=np.float32)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if not hi > lo:
-        return np.zeros_like(arr)
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
-
-
 class WorkerRuntime:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
@@ -141,6 +130,7 @@ class WorkerRuntime:
 
     def _translate(self, job: JobRecord) -> tuple[JobState, JobError | None, JobOutput | None]:
         import nibabel as nib
+
         from midiffusion.translate import TranslationCancelled, TranslationInputError
         from model_store import ModelIntegrityError, ModelNotFoundError
 
@@ -201,8 +191,8 @@ class WorkerRuntime:
             if suffix == ".png":
                 from midiffusion.imaging import save_png
 
-                data = out.get_fdata()
-                save_png(to_unit_range(data.reshape(data.shape[:2])), partial)
+                data = out.get_fdata()  # the translator's output is already in [0, 1]
+                save_png(data.reshape(data.shape[:2]), partial)
             else:
                 nib.save(out, partial)
             self.storage.commit(partial, key)

@@ -34,7 +34,7 @@ def register_tasks(app: Celery, settings: WorkerSettings | None) -> None:
     app.midiff_settings = settings
     app.midiff_runtime = None
 
-    @app.task(name=TASK_NAME, bind=True, ignore_result=True)
+    @app.task(name=TASK_NAME, bind=True, ignore_result=True, shared=False)
     def translate(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         return get_runtime(app).run_job(job_id, worker=self.request.hostname)
 

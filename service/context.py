@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -85,7 +86,8 @@ class GatewayContext:
     celery: Celery
     models: ModelCatalog
     auth: ApiKeyAuth
-    extras: dict[str, Any] = field(default_factory=dict)
+    # name -> check returning None when healthy, else what is wrong (for /health/ready)
+    extra_checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
 
 
 def get_context(request: Request) -> GatewayContext:

@@ -106,8 +106,8 @@ WORKER_LOST = "worker_lost"
 
 
 _WORKER_LOST_TEMPLATE = (
-    "the job was started {n} times and each time its worker stopped before it finished "
-    "(killed, out of memory, or lost); giving up"
+    "gave up after {n} attempt(s): each time, the worker running this job stopped before it "
+    "finished (killed, out of memory, or lost)"
 )
 
 

@@ -25,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _start_embedded_worker(celery_app: Any, loglevel: str) -> Any:
+    # Celery's task tracer looks tasks up on the *current* app: make it this one.
+    celery_app.set_current()
+    celery_app.set_default()
     worker = celery_app.WorkController(
         pool_cls="solo",
         concurrency=1,
@@ -34,8 +37,9 @@ def _start_embedded_worker(celery_app: Any, loglevel: str) -> Any:
         without_mingle=True,
         without_gossip=True,
     )
-    threading.Thread(target=worker.start, name="embedded-worker", daemon=True).start()
-    return worker
+    thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
+    thread.start()
+    return worker, thread
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
             "job records in %s",
             settings.storage_dir / "jobs.sqlite3",
         )
-        worker = _start_embedded_worker(celery_app, args.log_level)
+        worker, thread = _start_embedded_worker(celery_app, args.log_level)
+        # /health/ready reports the embedded worker too: without it jobs would wait forever.
+        app.state.ctx.extra_checks["embedded_worker"] = lambda: (
+            None if thread.is_alive() else "the embedded worker thread has stopped; see the log"
+        )
     else:
         log.info(
             "gateway only: jobs go to %s; start workers with `celery -A worker worker`",

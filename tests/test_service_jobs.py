@@ -145,7 +145,7 @@ def test_redelivery_cap_fails_the_job_with_the_reason(store: JobStore) -> None:
     job = result.job
     assert job is not None and job.state is JobState.FAILED and job.attempts == 2
     assert job.error is not None and job.error.code == WORKER_LOST
-    assert "started 2 times" in job.error.message
+    assert "after 2 attempt(s)" in job.error.message
     assert job.started_at == 1001.0  # the first start, kept across redeliveries
 
 

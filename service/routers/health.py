@@ -44,6 +44,7 @@ def ready(ctx: Ctx) -> JSONResponse:
         if os.access(ctx.storage.root, os.W_OK)
         else f"storage {ctx.storage.root} is not writable",
     }
+    failures.update({name: check() for name, check in ctx.extra_checks.items()})
     checks = {name: problem or "ok" for name, problem in failures.items()}
     if any(failures.values()):
         detail = "; ".join(p for p in failures.values() if p)

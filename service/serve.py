@@ -21,6 +21,12 @@ log = logging.getLogger("midiffusion.service")
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes (with MIDIFF_REDIS_URL only; the embedded mode is one process)",
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
 
 
@@ -55,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = GatewaySettings()
     embedded = not settings.redis_url
+    if embedded and args.workers != 1:
+        print(
+            "midiffusion serve: --workers needs MIDIFF_REDIS_URL; the embedded mode (no Redis) "
+            "keeps its queue in memory and so runs as one process",
+            file=sys.stderr,
+        )
+        return 2
     celery_app = create_celery_app(WorkerSettings()) if embedded else None
     try:
         app = create_app(settings, celery_app=celery_app)
@@ -79,7 +92,17 @@ def run(args: argparse.Namespace) -> int:
             settings.redis_url,
         )
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+        if args.workers > 1:  # each process builds its own app from the same environment
+            uvicorn.run(
+                "service.app:create_app",
+                factory=True,
+                workers=args.workers,
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level.lower(),
+            )
+        else:
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:
         if worker is not None:
             worker.stop(in_sighandler=False)

@@ -29,7 +29,13 @@ JOBS_SUBMITTED = Counter("midiff_jobs_submitted_total", "Jobs queued, by model",
 SUBMISSIONS_REJECTED = Counter(
     "midiff_submissions_rejected_total", "Refused submissions, by problem code", ["code"]
 )
-JOBS_BY_STATE = Gauge("midiff_jobs", "Job records, by state (read at scrape time)", ["state"])
+# Every gateway process reads the same store, so across processes the latest value is right.
+JOBS_BY_STATE = Gauge(
+    "midiff_jobs",
+    "Job records, by state (read from the job store at scrape time)",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
 
 
 class RequestMetricsMiddleware:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 from typing import Any
 
@@ -91,6 +94,12 @@ def run(args: argparse.Namespace) -> int:
             "gateway only: jobs go to %s; start workers with `celery -A worker worker`",
             settings.redis_url,
         )
+    multiproc_dir = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Metrics from several processes: prometheus-client's multiprocess mode, set before
+        # uvicorn starts the worker processes (they inherit the environment).
+        multiproc_dir = tempfile.mkdtemp(prefix="midiff-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
     try:
         if args.workers > 1:  # each process builds its own app from the same environment
             uvicorn.run(
@@ -106,4 +115,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if worker is not None:
             worker.stop(in_sighandler=False)
+        if multiproc_dir is not None:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
     return 0

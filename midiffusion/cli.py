@@ -15,6 +15,9 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("midiffusion.demo", "run the end-to-end demo on registry-shipped data"),
+    "data": ("midiffusion.data.commands", "fetch registry-shipped data and build the data sets"),
+    "train": ("midiffusion.train", "train a target-modality score model (resumable)"),
+    "models": ("midiffusion.models_cli", "list, show, verify and publish stored models"),
     "serve": (
         "service.serve",
         "run the REST gateway (and an embedded worker when no Redis is configured)",

@@ -42,7 +42,9 @@ class LMIGuidedDenoiser:
         # one batched call for the conditional and unconditional predictions
         mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
         eps_c, eps_u = self.net(
-            torch.cat([x_vp, x_vp]), torch.cat([t, t]), torch.cat([cond, cond]),
+            torch.cat([x_vp, x_vp]),
+            torch.cat([t, t]),
+            torch.cat([cond, cond]),
             mask.to(x_ve.device),
         ).chunk(2)
         return eps_u + self.guidance * (eps_c - eps_u)

@@ -32,10 +32,13 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for unreadable files
         raise ImageFormatError(
-            f"{path}: not a readable NIfTI file ({exc}); accepted: NIfTI-1 or NIfTI-2, .nii or .nii.gz"
+            f"{path}: not a readable NIfTI file ({exc}); "
+            "accepted: NIfTI-1 or NIfTI-2, .nii or .nii.gz"
         ) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise ImageFormatError(f"{path}: {type(img).__name__} is not NIfTI; accepted: .nii, .nii.gz")
+        raise ImageFormatError(
+            f"{path}: {type(img).__name__} is not NIfTI; accepted: .nii, .nii.gz"
+        )
     return img
 
 

@@ -112,7 +112,6 @@ def local_mutual_information(
                 normalized=normalized,
             )
         )
-    raise NotImplementedError("mode='faithful' is not built yet (issue 3, in progress)")
     from midiffusion.lmi_faithful import faithful_lmi
 
     return LMIResult(

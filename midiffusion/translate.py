@@ -1,4 +1,4 @@
-"""Whole-volume translation: volume -> slices on the model grid -> batched guided sampling -> volume.
+"""Whole-volume translation: volume -> grid slices -> batched guided sampling -> volume.
 
 Geometry: the input is reoriented to RAS through its affine (never guessed), cut into axial slices
 (or the one slice of a 2D image), and every slice is resampled onto the model's square grid with
@@ -281,8 +281,14 @@ class Translator:
         result = np.zeros_like(src)
         if len(keep):
             result[keep] = self.translate_slices(
-                src[keep], steps=steps, seed=seed, sampler=sampler, guidance=guidance,
-                batch_size=batch_size, progress=progress, should_cancel=should_cancel,
+                src[keep],
+                steps=steps,
+                seed=seed,
+                sampler=sampler,
+                guidance=guidance,
+                batch_size=batch_size,
+                progress=progress,
+                should_cancel=should_cancel,
             )
         result *= msk
         back = from_grid(geom, result) * mask.reshape(geom.shape)

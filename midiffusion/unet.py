@@ -98,7 +98,9 @@ class UNet(nn.Module):
         self.config = cfg = config or UNetConfig()
         ch = cfg.base_channels
         emb_dim = 4 * ch
-        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         self.null_cond = nn.Parameter(torch.zeros(emb_dim))
         self.stem = nn.Conv2d(1 + cfg.cond_channels, ch, 3, padding=1)
 
@@ -131,8 +133,11 @@ class UNet(nn.Module):
                     block.append(SelfAttention(c))
                 self.up.append(block)
             if level > 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
-                                              nn.Conv2d(c, c, 3, padding=1)]))
+                self.up.append(
+                    nn.ModuleList(
+                        [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+                    )
+                )
                 size *= 2
 
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))

@@ -84,3 +84,51 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared folder not found at {SHARED}")
     return SHARED
+
+
+def _tiny_training_set(directory: Path, grid: int = 32, n: int = 12) -> Path:
+    """Synthetic 'brain' slices: an ellipse of tissue with a darker core, on zero background."""
+    import nibabel as nib
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:grid, :grid]
+    vol = np.zeros((grid, grid, n), np.float32)
+    for k in range(n):
+        r = grid * (0.25 + 0.02 * (k % 4))
+        d2 = (yy - grid / 2) ** 2 + ((xx - grid / 2) * 1.2) ** 2
+        vol[:, :, k] = 0.8 * (d2 < r * r) - 0.5 * (d2 < (r / 2) ** 2)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), directory / "train.nii.gz")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_training_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_training_set(tmp_path_factory.mktemp("tinyset"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_store(tmp_path_factory: pytest.TempPathFactory, tiny_training_set: Path):
+    """A temporary ModelStore with one small, really trained (briefly) model, 'tiny' v1.
+
+    The network is real and runs fast on the CPU: translation of a small volume takes a second.
+    """
+    from midiffusion.train import TrainConfig, Trainer, export_model, load_training_slices
+    from model_store import ModelStore
+
+    config = TrainConfig.load("tiny")
+    data, manifest = load_training_slices(tiny_training_set, config.grid_size)
+    run_dir = tmp_path_factory.mktemp("tinyrun")
+    trainer = Trainer(config, data, run_dir, manifest)
+    trainer.fit(10, progress=False)
+    weights = run_dir / "weights.safetensors"
+    card = export_model(
+        run_dir,
+        name="tiny",
+        target_modality="T1w",
+        out_weights=weights,
+        sampling={"sampler": "ddim", "steps": 4, "guidance": 1.0},
+    )
+    store = ModelStore(tmp_path_factory.mktemp("store"))
+    store.publish(card, weights)
+    return store

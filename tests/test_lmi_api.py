@@ -8,7 +8,7 @@ import torch
 from midiffusion.lmi import LMIResult, LMISettings, local_mutual_information
 
 
-@pytest.mark.parametrize("mode", ["clean"])
+@pytest.mark.parametrize("mode", ["clean", "faithful"])
 @pytest.mark.parametrize("shape", [(1, 1, 5, 11), (3, 1, 16, 9)])
 def test_outputs_shaped_like_inputs_at_any_size(mode, shape):
     gen = torch.Generator().manual_seed(0)

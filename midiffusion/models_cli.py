@@ -1,0 +1,131 @@
+"""``midiffusion models list|show|verify|publish``: the model store from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="model store root (default: $MIDIFF_MODEL_DIR or the shipped model_store/models)",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="every model and version")
+    show = sub.add_parser("show", help="a model's card and metrics")
+    show.add_argument("name")
+    show.add_argument("--version", type=int)
+    verify = sub.add_parser("verify", help="check weights against the card's sha256")
+    verify.add_argument("name", nargs="?", help="default: every model")
+    verify.add_argument("--version", type=int)
+    samples = sub.add_parser("samples", help="a grid PNG of unconditional samples (the prior)")
+    samples.add_argument("name")
+    samples.add_argument("--version", type=int)
+    samples.add_argument("-o", "--out", type=Path, required=True, help="PNG path")
+    samples.add_argument("-n", type=int, default=16, help="number of samples")
+    samples.add_argument("--steps", type=int, default=50)
+    samples.add_argument("--seed", type=int, default=0)
+    pub = sub.add_parser("publish", help="store a training run's EMA weights as a new version")
+    pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
+    pub.add_argument("--name", required=True)
+    pub.add_argument("--target-modality", required=True)
+    pub.add_argument("--sampler", default="ddim")
+    pub.add_argument("--steps", type=int, default=20)
+    pub.add_argument("--guidance", type=float, default=1.0)
+    pub.add_argument("--notes", default="")
+    pub.add_argument("--licence", action="append", default=[], help="data licence note")
+    pub.add_argument("--metrics", type=Path, help="metrics.json to store beside the weights")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store)
+    try:
+        if args.action == "list":
+            cards = store.list()
+            if not cards:
+                print(f"no models in {store.root}")
+            for c in cards:
+                print(
+                    f"{c.name}\tv{c.version}\t{c.target_modality}\t{c.grid_size}px\t"
+                    f"{c.parameters:,} params\t{c.training.get('iterations', '?')} iterations"
+                )
+        elif args.action == "show":
+            card = store.card(args.name, args.version)
+            print(card.model_dump_json(indent=2))
+            metrics = store.metrics(args.name, card.version)
+            if metrics:
+                print(json.dumps(metrics, indent=2))
+        elif args.action == "verify":
+            targets = (
+                [(args.name, args.version)]
+                if args.name
+                else [(c.name, c.version) for c in store.list()]
+            )
+            for name, version in targets:
+                v = store.verified(name, version)
+                print(f"ok\t{v.card.name} v{v.card.version}\t{v.card.sha256}")
+        elif args.action == "samples":
+            v = store.verified(args.name, args.version)
+            grid = sample_grid(v.card.model_dump(), v.weights_path, args.n, args.steps, args.seed)
+            from midiffusion.imaging import save_png
+
+            save_png(grid, args.out)
+            print(f"{args.n} unconditional samples of {v.card.name} v{v.card.version}: {args.out}")
+        elif args.action == "publish":
+            from midiffusion.train import export_model
+
+            with tempfile.TemporaryDirectory() as tmp:
+                weights = Path(tmp) / "weights.safetensors"
+                card = export_model(
+                    args.run,
+                    name=args.name,
+                    target_modality=args.target_modality,
+                    out_weights=weights,
+                    data_licences=args.licence,
+                    notes=args.notes,
+                    sampling={
+                        "sampler": args.sampler,
+                        "steps": args.steps,
+                        "guidance": args.guidance,
+                    },
+                )
+                metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+                extra = {p.name: p for p in [args.run / "loss.png"] if p.is_file()}
+                stored = store.publish(card, weights, metrics=metrics, extra_files=extra)
+            print(
+                f"published {stored.name} v{stored.version} ({stored.sha256[:12]}...) "
+                f"in {store.root / stored.name / str(stored.version)}"
+            )
+    except (ModelNotFoundError, ModelIntegrityError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+    return 0
+
+
+def sample_grid(card: dict, weights: Path, n: int, steps: int, seed: int):
+    """Unconditional samples (guidance 0: the target prior alone) tiled into one image."""
+    import numpy as np
+    import torch
+
+    from midiffusion.denoiser import LMIGuidedDenoiser
+    from midiffusion.samplers import get_sampler
+    from midiffusion.translate import Translator
+
+    t = Translator.load(card, weights)
+    sigmas = t.schedule.sampling_sigmas(steps).float()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, t.grid, t.grid, generator=gen) * sigmas[0]
+    denoiser = LMIGuidedDenoiser(t.net, t.schedule, t.spec, None, guidance=0.0)
+    x0 = get_sampler(t.sampling.get("sampler", "ddim"))(denoiser, x, sigmas)
+    imgs = [np.rot90(a) for a in t.spec.to_unit(x0)[:, 0].numpy()]  # anterior up
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    pad = [np.zeros_like(imgs[0])] * (rows * cols - n)
+    tiles = imgs + pad
+    return np.vstack([np.hstack(tiles[r * cols : (r + 1) * cols]) for r in range(rows)])

@@ -1,0 +1,52 @@
+"""Metrics: known values on constructed images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from midiffusion.metrics import mse, nmi, psnr, slice_metrics, ssim, summarise
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    base = 0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    return np.clip(base + 0.02 * rng.standard_normal(base.shape), 0, 1)
+
+
+def test_identical_images(image):
+    assert ssim(image, image) == pytest.approx(1.0)
+    assert mse(image, image) == 0 and psnr(image, image) == float("inf")
+    assert nmi(image, image) == pytest.approx(1.0)
+
+
+def test_known_psnr_and_inverted_contrast(image):
+    shifted = image + 0.1  # MSE 0.01 -> PSNR 20 dB at peak 1
+    assert psnr(image, shifted) == pytest.approx(20.0)
+    inverted = 1 - image
+    assert ssim(image, inverted) < 0  # structure with flipped sign
+    assert nmi(image, inverted) == pytest.approx(1.0, abs=1e-9)  # a bijection keeps all info
+    assert ssim(image, shifted) < 1
+
+
+def test_noise_is_dissimilar_and_mask_restricts(image):
+    noise = np.random.default_rng(1).random(image.shape)
+    assert abs(ssim(image, noise)) < 0.1 and nmi(image, noise) < 0.15
+    mask = np.zeros_like(image, bool)
+    mask[:, :32] = True
+    half = image.copy()
+    half[:, 32:] = noise[:, 32:]
+    assert mse(image, half, mask) == 0
+
+
+def test_slice_metrics_and_summary(image):
+    rows = [
+        slice_metrics(image, image, image + 0.1, None),
+        slice_metrics(1 - image, image, None, None),
+    ]
+    assert set(rows[0]) == {"ssim_src", "nmi_src", "ssim_tar", "psnr", "mse", "nmi_tar"}
+    assert set(rows[1]) == {"ssim_src", "nmi_src"}
+    s = summarise(rows[:1] * 3)
+    assert s["psnr"] == {"mean": pytest.approx(20.0), "std": pytest.approx(0.0), "n": 3}

@@ -1,0 +1,86 @@
+"""The model registry: listing, cards, and refusal of unknown or tampered models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
+
+
+def test_lists_and_verifies_the_published_model(tiny_model_store):
+    cards = tiny_model_store.list()
+    assert [(c.name, c.version) for c in cards] == [("tiny", 1)]
+    assert tiny_model_store.default_name() == "tiny"
+    v = tiny_model_store.verified("tiny")
+    assert v.weights_path.is_file() and v.card.parameters > 0
+    assert v.card.conditioning["lmi"]["bandwidth"] == "auto"
+
+
+def test_unknown_model_and_version_are_refused_with_what_exists(tiny_model_store):
+    with pytest.raises(ModelNotFoundError, match="models in the store: tiny"):
+        tiny_model_store.card("t2w")
+    with pytest.raises(ModelNotFoundError, match="versions: 1"):
+        tiny_model_store.card("tiny", 7)
+
+
+def test_tampered_weights_are_refused(tiny_model_store, tmp_path):
+    store = ModelStore(tmp_path / "copy")
+    shutil.copytree(tiny_model_store.root, store.root)
+    weights = store.directory("tiny", 1) / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # flip bits of one stored weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="does not match the card"):
+        store.verified("tiny")
+
+
+def test_card_in_the_wrong_directory_is_refused(tiny_model_store, tmp_path):
+    store = ModelStore(tmp_path / "copy")
+    shutil.copytree(tiny_model_store.root, store.root)
+    shutil.move(store.root / "tiny", store.root / "other")
+    with pytest.raises(ModelIntegrityError, match="lives in another directory"):
+        store.card("other")
+
+
+def test_publish_adds_versions_and_never_leaves_partial_directories(tiny_model_store, tmp_path):
+    store = ModelStore(tmp_path / "s")
+    v = tiny_model_store.verified("tiny")
+    card = v.card.model_dump(exclude={"version", "sha256"})
+    assert store.publish(card, v.weights_path).version == 1
+    assert store.publish(card, v.weights_path).version == 2
+    with pytest.raises(FileNotFoundError):
+        store.publish(card, tmp_path / "missing.safetensors")
+    assert sorted(p.name for p in (store.root / "tiny").iterdir()) == ["1", "2"]
+
+
+def test_models_cli_verify_and_show(tiny_model_store):
+    run = [sys.executable, "-m", "midiffusion.cli", "models", "--store", str(tiny_model_store.root)]
+    out = subprocess.run([*run, "verify"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("ok\ttiny v1\t")
+    out = subprocess.run([*run, "show", "tiny"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["name"] == "tiny"
+    bad = subprocess.run([*run, "show", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown model 'nope'" in bad.stdout
+
+
+def test_store_is_torch_free():
+    code = "import sys, model_store; model_store.ModelStore().list(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_unconditional_sample_grid(tiny_model_store):
+    from midiffusion.models_cli import sample_grid
+
+    v = tiny_model_store.verified("tiny")
+    grid = sample_grid(v.card.model_dump(), v.weights_path, n=5, steps=3, seed=0)
+    assert grid.shape == (2 * 32, 3 * 32)  # 5 samples in 2 rows of 3, one tile padded
+    assert grid.min() >= 0 and grid.max() <= 1
+    tiles = [grid[:32, :32], grid[:32, 32:64]]
+    assert not np.array_equal(*tiles)  # independent noise per sample

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from service.problems import Problem
 from service.storage import LocalStorage
@@ -214,10 +214,7 @@ async def receive_upload(
     except MultipartParseError as exc:
         receiver.discard()
         raise _bad_form(f"the multipart body is malformed ({exc})") from exc
-    except ClientDisconnect:
-        receiver.discard()
-        raise
-    except BaseException:
+    except BaseException:  # 413, a bad part, the client going away: keep nothing
         receiver.discard()
         raise
     if receiver.file is not None and not receiver.file.closed:  # body ended inside the file part

@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
 
 
-def _start_embedded_worker(celery_app: Any, loglevel: str) -> Any:
+def _start_embedded_worker(celery_app: Any, loglevel: str) -> tuple[Any, threading.Thread]:
     # Celery's task tracer looks tasks up on the *current* app: make it this one.
     celery_app.set_current()
     celery_app.set_default()

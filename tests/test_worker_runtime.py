@@ -77,7 +77,7 @@ def test_the_job_timeout_stops_a_run(tmp_path: Path, tiny_model_store, source: P
     assert job is not None and job.state is JobState.FAILED
     assert job.error is not None and job.error.code == "timeout"
     assert "MIDIFF_JOB_TIMEOUT_S" in job.error.message
-    assert job.step < job.total
+    assert job.output is None and job.step < 900  # stopped long before the end
 
 
 def test_corrupt_weights_fail_the_job_with_the_reason(

@@ -285,7 +285,7 @@ def main() -> int:
 
     rclient = redis.Redis.from_url(args.redis_url)
     rclient.ping()
-    if rclient.llen(QUEUE) or rclient.keys("midiff:*"):
+    if rclient.llen(QUEUE) or next(rclient.scan_iter("midiff:*"), None):
         print(f"{args.redis_url} already holds midiffusion keys; use an empty database")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="midiff-bench-"))
@@ -388,7 +388,7 @@ def main() -> int:
         for key in rclient.scan_iter("midiff:*"):
             rclient.delete(key)
         rclient.delete(QUEUE)
-        for key in rclient.scan_iter("_kombu.binding.*"):
+        for key in rclient.scan_iter("_kombu.binding*"):
             rclient.delete(key)
         shutil.rmtree(workdir, ignore_errors=True)
 

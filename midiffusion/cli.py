@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "translate a NIfTI volume or PNG slice with a stored model",
     ),
     "evaluate": ("midiffusion.evaluate", "run the benchmark: every method, same slices and seed"),
+    "serve": (
+        "service.serve",
+        "run the REST gateway (and an embedded worker when no Redis is configured)",
+    ),
 }
 
 

@@ -41,7 +41,9 @@ import torch.nn.functional as F
 # and the README's LMI section).
 DEFAULT_BANDWIDTH: float | str = "auto"
 # auto bandwidth = AUTO_FACTOR x robust spread of the image's non-background pixels.
-AUTO_FACTOR = 0.5
+AUTO_FACTOR = 0.1
+# ... but never below AUTO_NOISE_FACTOR x the image's estimated pixel-noise std.
+AUTO_NOISE_FACTOR = 2.0
 # Work in chunks of at most this many (pixel x pair) float values per intermediate tensor.
 _CHUNK_VALUES = 1 << 22
 
@@ -69,31 +71,42 @@ def _incidence(patch_size: int, dtype: torch.dtype, device: torch.device) -> tor
     return inc
 
 
-def auto_bandwidth(image: torch.Tensor) -> torch.Tensor:
-    """Per batch element bandwidth, AUTO_FACTOR x robust spread of the non-background pixels.
+def auto_bandwidth(
+    image: torch.Tensor, factor: float | None = None, noise_factor: float | None = None
+) -> torch.Tensor:
+    """Per batch element bandwidth: max(factor x spread, noise_factor x noise), B x 1 x 1 x 1.
 
     Background = pixels within 2% of the image's value range of the median of its outer frame
-    (zero-filled MRI background, or nothing at all in a noisy diffusion state). Spread = 1.4826 x
-    the median absolute deviation of the remaining pixels (the std for Gaussian data). Fallbacks
-    when that is zero: the std of all pixels, then 1.0 (a constant image: any h gives the same
-    result). Returns a B x 1 x 1 x 1 tensor.
+    (zero-filled MRI background; nothing at all in a noisy diffusion state). Spread = 1.4826 x the
+    median absolute deviation of the other (foreground) pixels, the std for Gaussian data. Noise =
+    1.4826 x the median absolute difference of horizontally adjacent foreground pixels / sqrt(2),
+    the noise std for piecewise-smooth images. The noise floor keeps pixel noise from counting as
+    structure. Fallbacks when the spread is zero: the std of all pixels, then 1.0 (a constant
+    image, where any bandwidth gives the same result).
     """
+    factor = AUTO_FACTOR if factor is None else factor
+    noise_factor = AUTO_NOISE_FACTOR if noise_factor is None else noise_factor
     out = []
-    for img in image.flatten(1):
-        grid = img.view(image.shape[-2], image.shape[-1])
+    for grid in image[:, 0]:
         frame = torch.cat([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
         background = frame.median()
-        span = img.max() - img.min()
-        fg = img[(img - background).abs() > 0.02 * span]
+        span = grid.max() - grid.min()
+        mask = (grid - background).abs() > 0.02 * span
+        fg = grid[mask]
         if fg.numel() < 16:
-            fg = img
-        med = fg.median()
-        spread = 1.4826 * (fg - med).abs().median()
+            fg, mask = grid.flatten(), torch.ones_like(mask)
+        spread = 1.4826 * (fg - fg.median()).abs().median()
         if not bool(spread > 0):
-            spread = img.std(unbiased=False) if img.numel() > 1 else img.new_tensor(0.0)
+            spread = grid.std(unbiased=False) if grid.numel() > 1 else grid.new_tensor(0.0)
         if not bool(spread > 0):
-            spread = img.new_tensor(1.0)
-        out.append(AUTO_FACTOR * spread)
+            spread = grid.new_tensor(1.0)
+        h = factor * spread
+        pairs = mask[:, 1:] & mask[:, :-1]
+        if noise_factor > 0 and bool(pairs.any()):
+            diffs = (grid[:, 1:] - grid[:, :-1])[pairs].abs()
+            noise = 1.4826 * diffs.median() / math.sqrt(2.0)
+            h = torch.maximum(h, noise_factor * noise)
+        out.append(h)
     return torch.stack(out).view(-1, 1, 1, 1)
 
 

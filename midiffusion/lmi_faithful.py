@@ -16,8 +16,8 @@ How it is fast (about 20x the published code on a CPU) without changing the arit
   pixels from the p x p neighbourhood of i, so each candidate's joint is
   J_d = Σ_m V_{d,m} ⊗ φ(w_m), where V_{d,m} sums the source kernel rows paired with target pixel m:
   one small batched matmul per pixel gives the joints of all candidates;
-- H_UW = -(1/Z) Σ J log2(J + εZ) + (S/Z) log2 Z with S = Σ J and Z = S + ε (an exact rewriting of
-  -Σ p log2(p + ε) for p = J/Z), so one log per joint entry and no normalised copy;
+- the joint's total S is known from kernel row sums before the joint exists, so 1/(S + ε) is folded
+  into the target operand of that matmul and the joint comes out normalised;
 - windows that are flat in both images (background) are computed once per distinct value pair;
 - pixels are processed in chunks, so memory stays bounded (about 110 MB per chunk).
 
@@ -35,84 +35,93 @@ import torch.nn.functional as F
 EPS = 1e-10
 DEFAULT_SIGMA = 2.0  # the published MIsigma; the kernel std is 2 sigma^2 grey levels
 # Pixels per chunk: the joints of one chunk hold CHUNK_PIXELS * p^2 * K^2 float32 values.
-_CHUNK_JOINT_VALUES = 1 << 23
+_CHUNK_JOINT_VALUES = 1 << 22
+# Pixels per band (whole rows of one image): bounds every per-pixel tensor.
+_BAND_PIXELS = 1 << 16
+# float32 like the published code; float64 is only used to check the arithmetic.
+COMPUTE_DTYPE = torch.float32
 
 
 @lru_cache(maxsize=4)
-def _wrap_maps(p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For the p^2 candidates d (row-major) and the p^2 samples δ (row-major), the index of the
-    neighbourhood pixel m that the wrap rule pairs with sample δ. Returns (pairing d x n -> m as a
-    (d*m) x n 0/1 matrix, counts d x m)."""
+def wrap_pairing(p: int) -> torch.Tensor:
+    """sigma[d, n]: the target neighbourhood pixel m (row-major index in the p x p neighbourhood)
+    that the published wrap rule pairs with source sample n under candidate d (both row-major)."""
     r = (p - 1) // 2
 
     def wrap(d: int, delta: int) -> int:
         m = r + d + delta
-        return m // p + m % p - r  # Python's // and % floor, as torch's do in the published code
+        return m // p + m % p - r  # floor division and modulo, as in the published code
 
-    n_cand = n_samp = p * p
-    pairing = torch.zeros(n_cand, n_samp, n_samp, dtype=torch.float32)  # d, m, n
-    for ci, (d1, d2) in enumerate((a, b) for a in range(-r, r + 1) for b in range(-r, r + 1)):
-        for ni, (e1, e2) in enumerate((a, b) for a in range(-r, r + 1) for b in range(-r, r + 1)):
-            o1, o2 = wrap(d1, e1), wrap(d2, e2)
-            pairing[ci, (o1 + r) * p + (o2 + r), ni] = 1.0
-    return pairing.reshape(n_cand * n_samp, n_samp), pairing.sum(-1)
+    offsets = [(a, b) for a in range(-r, r + 1) for b in range(-r, r + 1)]
+    sigma = [
+        [(wrap(d1, e1) + r) * p + (wrap(d2, e2) + r) for (e1, e2) in offsets]
+        for (d1, d2) in offsets
+    ]
+    return torch.tensor(sigma, dtype=torch.long)
 
 
-def _neighbourhoods(q: torch.Tensor, p: int) -> torch.Tensor:
-    """B x H x W int grid -> (B*H*W) x p^2 neighbourhood values, zero padded, row-major."""
-    r = (p - 1) // 2
-    batch, height, width = q.shape
-    padded = F.pad(q, (r, r, r, r))
-    cols = [padded[:, a : a + height, b : b + width] for a in range(p) for b in range(p)]
-    return torch.stack(cols, dim=-1).reshape(batch * height * width, p * p)
+def _neighbourhoods(padded: torch.Tensor, p: int, rows: slice, width: int) -> torch.Tensor:
+    """Neighbourhood values of output rows ``rows`` from a grid zero-padded by r:
+    B x (H+2r) x (W+2r) -> (B * n_rows * W) x p^2, row-major within the patch."""
+    start, stop = rows.start, rows.stop
+    cols = [padded[:, start + a : stop + a, b : b + width] for a in range(p) for b in range(p)]
+    return torch.stack(cols, dim=-1).reshape(-1, p * p)
 
 
 def _entropy_bits(pdf: torch.Tensor) -> torch.Tensor:
     return -(pdf * torch.log2(pdf + EPS)).sum(-1)
 
 
-def _scores(
-    src_rows: torch.Tensor, tgt_rows: torch.Tensor, p: int, normalized: bool
-) -> torch.Tensor:
-    """Scores of all candidates for a chunk of pixels.
+class _Scorer:
+    """Scores of all candidates for chunks of pixels, reusing its large buffers across chunks."""
 
-    src_rows: C x P x K kernel rows of the source samples; tgt_rows: C x P x K kernel rows of the
-    target's neighbourhood pixels. Returns C x p^2 (candidates in row-major order).
-    """
-    pairing, counts = _wrap_maps(p)
-    pairing = pairing.to(src_rows.device)
-    counts = counts.to(src_rows.device)
-    chunk, n_samp, n_bins = src_rows.shape
-    n_cand = n_samp
+    def __init__(
+        self, p: int, n_bins: int, chunk: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        n = p * p
+        # gather[(n, d)] = sigma[d, n]: target pixel paired with sample n under candidate d.
+        self.gather = wrap_pairing(p).t().reshape(-1).to(device)
+        self.n, self.k = n, n_bins
+        self.joint = torch.empty(chunk, n_bins, n * n_bins, device=device, dtype=dtype)
+        self.logs = torch.empty_like(self.joint)
 
-    # Marginals: mean kernel value over the P samples, divided by (its sum + eps).
-    pdf_u = src_rows.mean(1)
-    pdf_u = pdf_u / (pdf_u.sum(-1, keepdim=True) + EPS)
-    pdf_w = torch.matmul(counts, tgt_rows) / n_samp  # C x d x K
-    pdf_w = pdf_w / (pdf_w.sum(-1, keepdim=True) + EPS)
-    h_u = _entropy_bits(pdf_u).unsqueeze(1)
-    h_w = _entropy_bits(pdf_w)
+    def __call__(
+        self, table: torch.Tensor, idx_src: torch.Tensor, idx_tgt: torch.Tensor, normalized: bool
+    ) -> torch.Tensor:
+        """idx_src, idx_tgt: C x P rows of ``table`` for the source samples and the target's
+        neighbourhood pixels. Returns C x P scores (candidates in row-major order)."""
+        c, n = idx_src.shape
+        k = self.k
+        src = F.embedding(idx_src, table)  # c, n, k: φ(u_n, k)
+        # Target rows in candidate order: tgt[c, n, (d, l)] = φ(w_{sigma[d, n]}, l).
+        tgt = F.embedding(idx_tgt[:, self.gather], table).view(c, n, n * k)
 
-    # V[d, m] = Σ_{n paired with m under candidate d} φ(u_n): C x (d, m) x K -> C x (d, K) x m.
-    v = torch.matmul(pairing, src_rows).view(chunk, n_cand, n_samp, n_bins)
-    v = v.transpose(2, 3).reshape(chunk, n_cand * n_bins, n_samp)
-    joint = torch.bmm(v, tgt_rows).view(chunk * n_cand, n_bins * n_bins)  # unnormalised J_d
-    # Total of J_d from row sums: Σ_m (Σ_k V[d,m,k]) (Σ_l φ(w_m, l)).
-    total = (
-        torch.bmm(v.view(chunk, n_cand, n_bins, n_samp).sum(2), tgt_rows.sum(2, keepdim=True))
-        .view(chunk * n_cand, 1)
-        .clamp_min(0.0)
-    )
-    z = total + EPS
-    logs = torch.add(joint, EPS * z)
-    torch.log2(logs, out=logs)
-    j_log_j = torch.bmm(joint.unsqueeze(1), logs.unsqueeze(2)).view(chunk * n_cand, 1)
-    h_uw = (-j_log_j / z + (total / z) * torch.log2(z)).view(chunk, n_cand)
+        # Marginals: the mean kernel value over the P samples, divided by (its sum + eps).
+        pdf_u = src.mean(1)
+        pdf_u = pdf_u / (pdf_u.sum(-1, keepdim=True) + EPS)
+        pdf_w = tgt.mean(1).view(c, n, k)
+        pdf_w = pdf_w / (pdf_w.sum(-1, keepdim=True) + EPS)
+        h_u = _entropy_bits(pdf_u).unsqueeze(1)
+        h_w = _entropy_bits(pdf_w)
 
-    mi = h_u + h_w - h_uw
-    if normalized:
-        return 2.0 * (mi + EPS) / (h_u + h_w + EPS)
-    return mi
+        # Totals of the joints from row sums: S_d = Σ_n (Σ_k φ(u_n, k)) (Σ_l φ(w_sigma[d, n], l)).
+        total = (src.sum(-1).unsqueeze(-1) * tgt.view(c, n, n, k).sum(-1)).sum(1)  # c, d
+        inv_z = 1.0 / (total + EPS)
+        # Normalised joints of all candidates in one batched matmul, with 1/(S_d + eps) folded
+        # into the (smaller) target operand: P[c, k, (d, l)] = Σ_n φ(u_n, k) φ(w_sigma[d, n], l).
+        tgt_scaled = (tgt.view(c, n, n, k) * inv_z.view(c, 1, n, 1)).view(c, n, n * k)
+        joint = self.joint[:c]
+        torch.bmm(src.transpose(1, 2), tgt_scaled, out=joint)
+        logs = self.logs[:c]
+        torch.add(joint, EPS, out=logs)
+        torch.log2(logs, out=logs)
+        logs.mul_(joint)
+        h_uw = -logs.sum(1).view(c, n, k).sum(-1)
+
+        mi = h_u + h_w - h_uw
+        if normalized:
+            return 2.0 * (mi + EPS) / (h_u + h_w + EPS)
+        return mi
 
 
 def faithful_lmi(
@@ -129,66 +138,84 @@ def faithful_lmi(
     r = (p - 1) // 2
     n_bins = p**3 if bins is None else bins
     # Kernel std in grey levels: published 2 sigma^2; a float bandwidth is in intensity units.
-    width = 2.0 * DEFAULT_SIGMA**2 if bandwidth is None else 255.0 * float(bandwidth)
-    batch, _, height, width_px = source.shape
+    kernel_std = 2.0 * DEFAULT_SIGMA**2 if bandwidth is None else 255.0 * float(bandwidth)
+    batch, _, height, width = source.shape
     device = source.device
 
-    # trunc(255 v) as int32, computed from float32 as the published code does.
-    q_src = (source.detach().float() * 255).to(torch.int32)[:, 0]
-    q_tgt = (target.detach().float() * 255).to(torch.int32)[:, 0]
-    nb_src = _neighbourhoods(q_src, p)  # N x P
-    nb_tgt = _neighbourhoods(q_tgt, p)
+    # trunc(255 v) as int32, computed from float32 as the published code does; zero padding.
+    q_src = F.pad((source.detach().float() * 255).to(torch.int32)[:, 0], (r, r, r, r))
+    q_tgt = F.pad((target.detach().float() * 255).to(torch.int32)[:, 0], (r, r, r, r))
+    x_pad = F.pad(target.detach(), (r, r, r, r))[:, 0]
 
-    # Lookup table of kernel values for every grey level present (zero padding included).
-    lo = int(min(nb_src.min(), nb_tgt.min()))
-    hi = int(max(nb_src.max(), nb_tgt.max()))
-    levels = torch.arange(lo, hi + 1, device=device, dtype=torch.float32)
-    centres = torch.linspace(0, 255, n_bins, device=device, dtype=torch.float32)
-    table = torch.exp(-0.5 * ((levels[:, None] - centres[None, :]) / width) ** 2)
+    # Lookup table of kernel values for every grey level present (the padding's 0 included).
+    lo = int(min(q_src.min(), q_tgt.min()))
+    hi = int(max(q_src.max(), q_tgt.max()))
+    levels = torch.arange(lo, hi + 1, device=device, dtype=COMPUTE_DTYPE)
+    centres = torch.linspace(0, 255, n_bins, device=device, dtype=torch.float32).to(COMPUTE_DTYPE)
+    table = torch.exp(-0.5 * ((levels[:, None] - centres[None, :]) / kernel_std) ** 2)
 
-    n_pix = nb_src.shape[0]
     n_cand = p * p
-    scores = torch.empty(n_pix, n_cand, device=device, dtype=torch.float32)
+    chunk = max(1, _CHUNK_JOINT_VALUES // (n_cand * n_bins * n_bins))
+    scorer = _Scorer(p, n_bins, min(chunk, batch * height * width), device, COMPUTE_DTYPE)
+    # Bands of whole rows of one image at a time keep every per-pixel tensor small.
+    band_rows = max(1, _BAND_PIXELS // width)
+    aligned = torch.empty_like(target)
+    similarity = torch.empty(source.shape, device=device, dtype=COMPUTE_DTYPE)
+    for b in range(batch):
+        for y0 in range(0, height, band_rows):
+            rows = slice(y0, min(height, y0 + band_rows))
+            nb_src = _neighbourhoods(q_src[b : b + 1], p, rows, width)
+            nb_tgt = _neighbourhoods(q_tgt[b : b + 1], p, rows, width)
+            scores = _band_scores(nb_src, nb_tgt, table, lo, hi, scorer, chunk, normalized)
+            best = scores.argmax(1)  # the first maximum: the first candidate in row-major order
+            n_rows = rows.stop - rows.start
+            similarity[b, 0, rows] = scores.gather(1, best[:, None]).view(n_rows, width)
+            # aligned = X(i + d*): the target's real intensity (not quantised), zero padded.
+            neigh = _neighbourhoods(x_pad[b : b + 1], p, rows, width)
+            aligned[b, 0, rows] = neigh.gather(1, best[:, None]).view(n_rows, width)
+    return aligned, similarity.to(source.dtype)
 
+
+def _band_scores(
+    nb_src: torch.Tensor,
+    nb_tgt: torch.Tensor,
+    table: torch.Tensor,
+    lo: int,
+    hi: int,
+    scorer: _Scorer,
+    chunk: int,
+    normalized: bool,
+) -> torch.Tensor:
+    """Scores (pixels x candidates) of one band of pixels."""
+    scores = torch.empty(nb_src.shape, device=table.device, dtype=table.dtype)
     # Windows flat in both images (background) depend only on the two values: compute each once.
     flat = (nb_src == nb_src[:, :1]).all(1) & (nb_tgt == nb_tgt[:, :1]).all(1)
     flat_idx = flat.nonzero().flatten()
     if flat_idx.numel():
         key = (nb_src[flat_idx, 0].long() - lo) * (hi - lo + 1) + (nb_tgt[flat_idx, 0].long() - lo)
         uniq, inverse = torch.unique(key, return_inverse=True)
-        rep = torch.zeros(uniq.numel(), dtype=torch.long, device=device)
+        rep = torch.zeros(uniq.numel(), dtype=torch.long, device=table.device)
         rep[inverse] = flat_idx
-        rep_scores = _chunked_scores(nb_src[rep], nb_tgt[rep], table, lo, p, normalized)
+        rep_scores = _chunked(nb_src[rep], nb_tgt[rep], table, lo, scorer, chunk, normalized)
         scores[flat_idx] = rep_scores[inverse]
     rest = (~flat).nonzero().flatten()
     if rest.numel():
-        scores[rest] = _chunked_scores(nb_src[rest], nb_tgt[rest], table, lo, p, normalized)
-
-    best = scores.argmax(1)  # the first maximum: first candidate in row-major order wins ties
-    similarity = scores.gather(1, best[:, None]).view(batch, 1, height, width_px)
-    # aligned = X(i + d*), read from the zero-padded target (the real intensities, not quantised).
-    padded = F.pad(target.detach(), (r, r, r, r))[:, 0]
-    cols = [padded[:, a : a + height, b : b + width_px] for a in range(p) for b in range(p)]
-    neigh = torch.stack(cols, dim=-1).reshape(n_pix, n_cand)
-    aligned = neigh.gather(1, best[:, None]).view(batch, 1, height, width_px)
-    return aligned, similarity.to(source.dtype)
+        scores[rest] = _chunked(nb_src[rest], nb_tgt[rest], table, lo, scorer, chunk, normalized)
+    return scores
 
 
-def _chunked_scores(
+def _chunked(
     nb_src: torch.Tensor,
     nb_tgt: torch.Tensor,
     table: torch.Tensor,
     lo: int,
-    p: int,
+    scorer: _Scorer,
+    chunk: int,
     normalized: bool,
 ) -> torch.Tensor:
-    n_pix, n_samp = nb_src.shape
-    n_bins = table.shape[1]
-    chunk = max(1, _CHUNK_JOINT_VALUES // (n_samp * n_bins * n_bins))
     out = []
-    for start in range(0, n_pix, chunk):
-        stop = min(n_pix, start + chunk)
-        src_rows = table[(nb_src[start:stop] - lo).long()]
-        tgt_rows = table[(nb_tgt[start:stop] - lo).long()]
-        out.append(_scores(src_rows, tgt_rows, p, normalized))
+    for start in range(0, nb_src.shape[0], chunk):
+        idx_src = (nb_src[start : start + chunk] - lo).long()
+        idx_tgt = (nb_tgt[start : start + chunk] - lo).long()
+        out.append(scorer(table, idx_src, idx_tgt, normalized))
     return torch.cat(out)

@@ -119,7 +119,93 @@ def test_clean_gradcheck_both_inputs(bandwidth):
         res = local_mutual_information(s, x, bandwidth=bandwidth)
         return res.similarity, res.aligned
 
-    assert torch.autograd.gradcheck(fn, (source, target), eps=1e-6, atol=1e-5)
+    # The full Jacobian for the default; a random projection (fast mode) for the fixed width.
+    fast = bandwidth != "auto"
+    assert torch.autograd.gradcheck(fn, (source, target), eps=1e-6, atol=1e-5, fast_mode=fast)
     sim = local_mutual_information(source, target, bandwidth=bandwidth).similarity
     grads = torch.autograd.grad(sim.sum(), (source, target))
     assert all(bool(g.abs().sum() > 0) for g in grads)
+
+
+def _phantom(levels, size=28, noise=0.002, seed=0):
+    """Piecewise-constant phantom: background, a disc, a ring and a bar, plus small noise.
+    Returns (label image, intensity image)."""
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64),
+        torch.arange(size, dtype=torch.float64),
+        indexing="ij",
+    )
+    rad = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2).sqrt()
+    labels = torch.zeros(size, size, dtype=torch.long)
+    labels[rad < 0.42 * size] = 1
+    labels[rad < 0.28 * size] = 2
+    labels[(xx > size * 0.45) & (xx < size * 0.6) & (rad < 0.42 * size)] = 3
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.tensor(levels, dtype=torch.float64)[labels]
+    values = values + noise * torch.randn(size, size, generator=gen, dtype=torch.float64)
+    return labels, values[None, None]
+
+
+LEVELS = (0.1, 0.35, 0.6, 0.85)
+MAPS = {
+    "monotone-increasing": lambda v: v**2,
+    "monotone-decreasing": lambda v: 1.1 - v,
+    # A bijection of [0, 1) that is not monotone: it permutes the tissue levels
+    # (0.1, 0.35, 0.6, 0.85) -> (0.6, 0.85, 0.1, 0.35).
+    "non-monotone": lambda v: torch.remainder(v + 0.5, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", MAPS)
+def test_clean_similarity_ignores_how_tissues_are_coloured(name):
+    """Tolerance: 0.025 on every pixel at least 2 pixels from the border (the zero padding does
+    not go through the map). The default bandwidth scales with the image, so the map changes only
+    how far apart the levels are in bandwidths (>= 3 here) and how large the noise is."""
+    _, source = _phantom(LEVELS)
+    _, target = _phantom((0.9, 0.2, 0.6, 0.35), seed=1)  # same anatomy, another contrast
+    base = local_mutual_information(source, target).similarity[..., 2:-2, 2:-2]
+    mapped = local_mutual_information(MAPS[name](source), target).similarity[..., 2:-2, 2:-2]
+    assert float(base.max()) > 0.9  # the test means something: the boundaries score high
+    assert float((mapped - base).abs().max()) < 0.025
+
+
+@pytest.mark.parametrize("name", ["monotone-decreasing", "non-monotone"])
+def test_clean_similarity_exact_under_level_permutations(name):
+    """With a fixed bandwidth and maps that keep the noise and the level gaps, the estimator only
+    sees the partition of each patch: equal to 1e-9."""
+    _, source = _phantom(LEVELS)
+    _, target = _phantom((0.9, 0.2, 0.6, 0.35), seed=1)
+    base = local_mutual_information(source, target, bandwidth=0.03).similarity[..., 2:-2, 2:-2]
+    mapped = local_mutual_information(MAPS[name](source), target, bandwidth=0.03).similarity
+    assert float((mapped[..., 2:-2, 2:-2] - base).abs().max()) < 1e-9
+
+
+def test_clean_high_for_structure_against_itself_low_for_independent_noise():
+    labels, source = _phantom(LEVELS, size=40)
+    result = local_mutual_information(source, source).similarity[0, 0]
+    # Patches that straddle a tissue boundary: identical structure scores near 1.
+    padded = torch.nn.functional.pad(labels[None, None].double(), (1, 1, 1, 1), mode="replicate")
+    spread = torch.nn.functional.max_pool2d(padded, 3, 1) + torch.nn.functional.max_pool2d(
+        -padded, 3, 1
+    )
+    edges = spread[0, 0] > 0
+    assert float(result[edges].mean()) > 0.9
+    gen = torch.Generator().manual_seed(5)
+    noise_a = torch.rand(1, 1, 40, 40, generator=gen, dtype=torch.float64)
+    noise_b = torch.randn(1, 1, 40, 40, generator=gen, dtype=torch.float64)
+    independent = local_mutual_information(noise_a, noise_b).similarity
+    assert float(independent.mean()) < 0.15
+    vs_noise = local_mutual_information(source, 3 * noise_b).similarity[0, 0]
+    assert float(vs_noise[edges].mean()) < 0.3
+
+
+def test_clean_is_safe_on_extreme_values():
+    gen = torch.Generator().manual_seed(2)
+    source = torch.rand(2, 1, 12, 12, generator=gen)
+    target = 1e4 * torch.randn(2, 1, 12, 12, generator=gen)
+    for normalized in (True, False):
+        sim = local_mutual_information(source, target, normalized=normalized).similarity
+        assert bool(torch.isfinite(sim).all())
+        assert float(sim.min()) >= 0.0 and float(sim.max()) <= 1.0
+    sim = local_mutual_information(source, target, bandwidth=1e-3).similarity
+    assert bool(torch.isfinite(sim).all()) and float(sim.max()) <= 1.0

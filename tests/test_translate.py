@@ -41,7 +41,9 @@ def test_output_keeps_geometry_and_foreground(translator, tmp_path, name):
     path = save_nifti(img, tmp_path / "in.nii.gz")
     img = load_nifti(path)  # as stored: the header holds the affine in float32
     out = translator.translate(img, steps=3)
-    saved = load_nifti(save_nifti(out, tmp_path / "out.nii.gz"))
+    out_path = save_nifti(out, tmp_path / "out.nii.gz")
+    assert out_path.stat().st_mode & 0o777 == 0o644  # readable by others, not 0600
+    saved = load_nifti(out_path)
     assert saved.shape == img.shape
     assert np.array_equal(saved.affine, img.affine)
     assert nib.aff2axcodes(saved.affine) == nib.aff2axcodes(img.affine)

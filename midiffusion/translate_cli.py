@@ -1,0 +1,185 @@
+"""``midiffusion translate INPUT -m MODEL -o OUTPUT``: one image through a stored model.
+
+Inputs and outputs: NIfTI (.nii, .nii.gz; 3D volumes or 2D slices, geometry kept) and PNG (a 2D
+greyscale slice). A PNG input is translated as a 2D image with an identity affine; a PNG output
+needs a single-slice result. Intensities are normalised as ``Translator.translate`` does.
+
+``--mode`` picks the conditioning family: ``clean`` (the project's LMI; the default) or
+``faithful`` (the published LMI and 1000-step DDPM chain, which needs a model trained with
+faithful LMI). A model only runs in the mode it was trained for: the network learnt one kind of
+LMI map, and feeding it the other would be a silent mismatch.
+
+Every failure is one ``error: ...`` line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from midiffusion.imaging import NIFTI_SUFFIXES, ImageFormatError
+
+PNG_SUFFIX = ".png"
+FAITHFUL_DEFAULTS = {"sampler": "ddpm", "steps": 1000, "guidance": 1.0}
+
+
+class TranslateCLIError(ValueError):
+    """A usage problem the command can explain in one line."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="a .nii/.nii.gz volume or slice, or a .png slice")
+    parser.add_argument(
+        "-m", "--model", help="model name (default: the store's default model for the mode)"
+    )
+    parser.add_argument("--version", type=int, help="model version (default: the latest)")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="output .nii, .nii.gz or .png"
+    )
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
+    parser.add_argument("--sampler", choices=("ddim", "dpmpp-2m", "ddpm"))
+    parser.add_argument("--guidance", type=float, help="LMI guidance weight (default: card's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--batch-size", type=int, help="slices per sampling batch")
+    parser.add_argument(
+        "--mode",
+        choices=("clean", "faithful"),
+        default="clean",
+        help="clean LMI (default) or the published faithful LMI + DDPM (faithful-trained model)",
+    )
+    parser.add_argument("--store", type=Path, help="model store root")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _kind(path: Path, role: str) -> str:
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(PNG_SUFFIX):
+        return "png"
+    raise TranslateCLIError(f"{role} {path}: unknown file type; accepted: .nii, .nii.gz, .png")
+
+
+def _load_input(path: Path) -> nib.Nifti1Image:
+    from midiffusion.imaging import load_nifti, load_png
+
+    if _kind(path, "input") == "nifti":
+        return load_nifti(path)
+    if not path.is_file():
+        raise ImageFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageFormatError(f"{path}: the file is empty; expected a PNG image")
+    return nib.Nifti1Image(load_png(path), np.eye(4))
+
+
+def _model_mode(card) -> str:
+    return card.conditioning.get("lmi", {}).get("mode", "clean")
+
+
+def choose_model(store, name: str | None, version: int | None, mode: str):
+    """The verified model to run in ``mode``; a clear error when none fits."""
+    if name is None:
+        if mode == "clean":
+            name = store.default_name()
+        else:
+            faithful = [c.name for c in store.list() if _model_mode(c) == "faithful"]
+            if not faithful:
+                known = ", ".join(f"{c.name} ({_model_mode(c)})" for c in store.list()) or "none"
+                raise TranslateCLIError(
+                    "--mode faithful needs a model trained with faithful LMI; the store holds "
+                    f"none (models: {known})"
+                )
+            name = faithful[-1]
+    verified = store.verified(name, version)
+    trained = _model_mode(verified.card)
+    if trained != mode:
+        raise TranslateCLIError(
+            f"model {name!r} was trained with {trained} LMI and runs only in --mode {trained}; "
+            f"asked for --mode {mode}"
+        )
+    return verified
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TranslateCLIError(f"--device {name}: CUDA is not available on this machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise TranslateCLIError(f"--device {name}: accepted: auto, cpu, cuda, cuda:N")
+    return name
+
+
+def translate_file(args: argparse.Namespace) -> Path:
+    # File problems are reported before torch and the model are loaded (seconds on a CPU).
+    out_kind = _kind(args.output, "output")
+    image = _load_input(args.input)
+    if out_kind == "png" and len([s for s in image.shape if s > 1]) > 2:
+        raise TranslateCLIError(
+            f"{args.input} is a volume of shape {image.shape}: a PNG output holds one slice; "
+            "write .nii or .nii.gz instead"
+        )
+
+    from tqdm import tqdm
+
+    from midiffusion.imaging import save_nifti, save_png
+    from midiffusion.translate import Translator
+    from model_store import ModelStore
+
+    verified = choose_model(ModelStore(args.store), args.model, args.version, args.mode)
+    translator = Translator.load(
+        verified.card.model_dump(), verified.weights_path, _device(args.device)
+    )
+    defaults = FAITHFUL_DEFAULTS if args.mode == "faithful" else {}
+    with tqdm(
+        desc=f"translating with {verified.card.name} v{verified.card.version}",
+        unit="step",
+        disable=args.quiet,
+        file=sys.stderr,
+    ) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        result = translator.translate(
+            image,
+            steps=args.steps or defaults.get("steps"),
+            seed=args.seed,
+            sampler=args.sampler or defaults.get("sampler"),
+            guidance=args.guidance if args.guidance is not None else defaults.get("guidance"),
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    if out_kind == "png":
+        return save_png(np.asarray(result.dataobj, np.float32).squeeze(), args.output)
+    return save_nifti(result, args.output)
+
+
+def run(args: argparse.Namespace) -> int:
+    from midiffusion.translate import TranslationCancelled, TranslationInputError
+    from model_store import ModelIntegrityError, ModelNotFoundError
+
+    try:
+        path = translate_file(args)
+    except (
+        TranslateCLIError,
+        ImageFormatError,
+        TranslationInputError,
+        TranslationCancelled,
+        ModelNotFoundError,
+        ModelIntegrityError,
+        ValueError,
+    ) as exc:
+        print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
+        return 1
+    print(path)
+    return 0

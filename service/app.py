@@ -1,0 +1,85 @@
+"""``create_app``: the FastAPI gateway. It never imports torch and never waits on Celery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from celery import Celery
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.auth import ApiKeyAuth
+from service.cleanup import cleanup_expired
+from service.context import GatewayContext, ModelCatalog
+from service.jobs import JobStore, open_job_store
+from service.metrics import RequestMetricsMiddleware
+from service.problems import install_problem_handlers
+from service.routers import health, jobs, metrics, models, translate
+from service.settings import GatewaySettings
+from service.storage import LocalStorage
+
+log = logging.getLogger("midiffusion.service")
+
+
+async def _cleanup_loop(ctx: GatewayContext) -> None:
+    interval = ctx.settings.cleanup_interval_s
+    while True:
+        try:
+            await run_in_threadpool(cleanup_expired, ctx.jobs, ctx.storage)
+        except Exception:  # a failed sweep is retried on the next tick
+            log.exception("cleanup failed")
+        await asyncio.sleep(interval)
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    celery_app: Celery | None = None,
+    job_store: JobStore | None = None,
+) -> FastAPI:
+    """Build the gateway. Raises ``AuthConfigError`` when no API key is configured and
+    ``MIDIFF_AUTH_DISABLED`` is not set: the server refuses to start open by accident."""
+    settings = settings or GatewaySettings()
+    auth = ApiKeyAuth(settings.api_key_list(), disabled=settings.auth_disabled)
+    if celery_app is None:
+        from worker.app import create_celery_app
+
+        celery_app = create_celery_app(settings)
+    ctx = GatewayContext(
+        settings=settings,
+        jobs=job_store
+        or open_job_store(settings.redis_url, settings.storage_dir, settings.job_retention_s),
+        storage=LocalStorage(settings.storage_dir),
+        celery=celery_app,
+        models=ModelCatalog(settings.model_dir),
+        auth=auth,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if settings.cleanup_interval_s > 0:
+            task = asyncio.create_task(_cleanup_loop(ctx))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="MIDiffusion translation service",
+        summary="Zero-shot cross-modality medical image translation",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.add_middleware(RequestMetricsMiddleware)
+    install_problem_handlers(app)
+    for module in (translate, jobs, models, health, metrics):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,140 @@
+"""Check an uploaded NIfTI before a job is queued: header with nibabel, plus a bounded read.
+
+Only what can be decided cheaply and without torch is checked here: it is a single-file NIfTI-1
+or NIfTI-2, 2D or 3D, of a real numeric type, a sane size, a finite affine and positive voxel
+sizes, and all the voxel bytes the header promises are present (a gzip stream is decompressed
+and counted, never kept, and never beyond the promised length). Voxel values (NaN, constant
+images) are the worker's to judge.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ACCEPTED = (
+    "a single-file NIfTI-1 or NIfTI-2 image (.nii or .nii.gz) holding one 2D slice or one 3D "
+    "volume of integer or floating-point voxels"
+)
+MIN_INPLANE = 16
+MAX_DIM = 2048
+MAX_VOXELS = 512 * 512 * 512
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class NiftiRejected(ValueError):
+    """The upload is not an acceptable NIfTI; the message says what was wrong."""
+
+
+@dataclass(frozen=True)
+class NiftiSummary:
+    shape: tuple[int, ...]
+    voxel_size: tuple[float, ...]
+    dtype: str
+    is_2d: bool
+
+
+def suffix_for(first_bytes: bytes) -> str:
+    """The storage suffix, decided from the bytes (never from the client's file name)."""
+    return ".nii.gz" if first_bytes[:2] == GZIP_MAGIC else ".nii"
+
+
+def _voxel_bytes_present(path: Path, offset: int, expected: int, gz: bool) -> int:
+    """How many voxel bytes follow the header, counting at most ``expected``."""
+    if not gz:
+        return max(0, min(path.stat().st_size - offset, expected))
+    need = offset + expected
+    seen = 0
+    decomp = zlib.decompressobj(wbits=31)  # 31: gzip container
+    try:
+        with open(path, "rb") as fh:
+            while seen < need:
+                chunk = decomp.unconsumed_tail or fh.read(1 << 20)
+                if not chunk:
+                    break
+                # max_length bounds memory: a small gzip can expand to anything.
+                seen += len(decomp.decompress(chunk, 1 << 22))
+                if decomp.eof:
+                    break
+    except zlib.error as exc:
+        raise NiftiRejected(f"the gzip stream is damaged ({exc}); accepted: {ACCEPTED}") from exc
+    return max(0, min(seen - offset, expected))
+
+
+def check_nifti(path: Path, *, output_format: str = "nifti") -> NiftiSummary:
+    """Raise :class:`NiftiRejected` with a user-facing reason, or describe the image."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    gz = head == GZIP_MAGIC
+    if path.stat().st_size == 0:
+        raise NiftiRejected(f"the file is empty; accepted: {ACCEPTED}")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises several types for the same problem
+        raise NiftiRejected(
+            f"this is not a readable NIfTI file ({type(exc).__name__}: {exc}); accepted: {ACCEPTED}"
+        ) from exc
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise NiftiRejected(f"this is a {type(img).__name__}, not NIfTI; accepted: {ACCEPTED}")
+    header = img.header
+    magic = bytes(header["magic"]).rstrip(b"\x00")
+    if magic not in (b"n+1", b"n+2"):
+        raise NiftiRejected(
+            f"this NIfTI header says its voxels are in a separate .img file (magic {magic!r}); "
+            f"accepted: {ACCEPTED}"
+        )
+
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        pass  # (x, y, z, 1) is a 3D volume some converters write; the worker decides
+    elif len(shape) not in (2, 3):
+        raise NiftiRejected(
+            f"the image has {len(shape)} dimensions {shape}; accepted: {ACCEPTED} "
+            "(for a 4D series, send one volume)"
+        )
+    if any(n < 1 for n in shape):
+        raise NiftiRejected(f"the image shape {shape} has an empty dimension")
+    if min(shape[:2]) < MIN_INPLANE or max(shape) > MAX_DIM:
+        raise NiftiRejected(
+            f"the image shape {shape} is outside the accepted range: each in-plane side "
+            f"{MIN_INPLANE} to {MAX_DIM} voxels, and at most {MAX_DIM} slices"
+        )
+    n_voxels = int(np.prod(shape))
+    if n_voxels > MAX_VOXELS:
+        raise NiftiRejected(
+            f"the image has {n_voxels} voxels; at most {MAX_VOXELS} (512^3) are accepted"
+        )
+
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "iuf":
+        raise NiftiRejected(
+            f"voxel type {dtype} is not accepted (complex, RGB and other compound types are "
+            "not); accepted: integer or floating-point voxels"
+        )
+    if not np.isfinite(img.affine).all():
+        raise NiftiRejected("the image affine (qform/sform) holds NaN or infinite values")
+    zooms = tuple(float(z) for z in header.get_zooms()[: len(shape)])
+    if not all(np.isfinite(z) and z > 0 for z in zooms[: min(3, len(shape))]):
+        raise NiftiRejected(f"voxel sizes {zooms} must be positive and finite (pixdim)")
+
+    offset = int(header.get_data_offset())
+    expected = n_voxels * dtype.itemsize
+    present = _voxel_bytes_present(path, offset, expected, gz)
+    if present < expected:
+        raise NiftiRejected(
+            f"the file is truncated: the header promises {expected} bytes of voxel data "
+            f"({shape} x {dtype}), the file holds {present}"
+        )
+
+    is_2d = len(shape) == 2 or (len(shape) >= 3 and all(n == 1 for n in shape[2:]))
+    if output_format == "png" and not is_2d:
+        raise NiftiRejected(
+            f"output_format=png is only for 2D images, and this one has shape {shape}; "
+            "use output_format=nifti for volumes"
+        )
+    return NiftiSummary(shape=shape, voxel_size=zooms, dtype=str(dtype), is_2d=is_2d)

@@ -1,0 +1,93 @@
+"""``/jobs/{id}``: poll, download, cancel. A caller sees only its own jobs."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, JSONResponse
+
+from service.context import Ctx, GatewayContext, Principal
+from service.jobs import TERMINAL_STATES, JobRecord, JobState
+from service.problems import Problem
+from service.schemas import JobOut, job_out
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _load(ctx: GatewayContext, job_id: str, principal: str) -> JobRecord:
+    job = ctx.jobs.get(job_id) if _JOB_ID.match(job_id) else None
+    if job is None or job.spec.principal != principal:
+        raise Problem(
+            404,
+            "job-not-found",
+            f"no job `{job_id}` (job ids are 32 hex characters, from the Location header of "
+            "POST /translate; finished jobs are removed after their retention period)",
+        )
+    return job
+
+
+def _job_response(ctx: GatewayContext, job: JobRecord, status: int = 200) -> JSONResponse:
+    headers = {}
+    if job.state not in TERMINAL_STATES:
+        headers["Retry-After"] = str(ctx.settings.retry_after_s)
+    body = job_out(job, now=time.time()).model_dump(mode="json")
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="A job's state, progress and timings")
+def get_job(
+    job_id: str,
+    principal: Principal,
+    ctx: Ctx,
+) -> JSONResponse:
+    return _job_response(ctx, _load(ctx, job_id, principal))
+
+
+@router.get("/{job_id}/result", summary="Download the output (when the job succeeded)")
+def get_result(
+    job_id: str,
+    principal: Principal,
+    ctx: Ctx,
+) -> FileResponse:
+    job = _load(ctx, job_id, principal)
+    if job.state is not JobState.SUCCEEDED or job.output is None:
+        hint = (
+            f"poll GET /jobs/{job_id} until its state is succeeded"
+            if job.state not in TERMINAL_STATES
+            else "it has no result"
+        )
+        raise Problem(
+            409,
+            "result-not-ready",
+            f"the job is {job.state.value}; {hint}",
+            state=job.state.value,
+            headers={"Retry-After": str(ctx.settings.retry_after_s)}
+            if job.state not in TERMINAL_STATES
+            else None,
+        )
+    path = ctx.storage.path(job.output.key)
+    if not path.is_file():
+        raise Problem(410, "result-gone", "the job's result file is no longer stored")
+    return FileResponse(path, media_type=job.output.content_type, filename=job.output.filename)
+
+
+@router.delete("/{job_id}", response_model=JobOut, summary="Cancel a queued or running job")
+def cancel_job(
+    job_id: str,
+    principal: Principal,
+    ctx: Ctx,
+) -> JSONResponse:
+    job = _load(ctx, job_id, principal)
+    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+        raise Problem(
+            409,
+            "job-finished",
+            f"the job already {job.state.value}; there is nothing to cancel",
+            state=job.state.value,
+        )
+    job = ctx.jobs.request_cancel(job_id, now=time.time()) or job
+    # 202 while a running job has yet to stop at its next sampling step; 200 once cancelled.
+    return _job_response(ctx, job, status=202 if job.state is JobState.RUNNING else 200)

@@ -1,0 +1,232 @@
+"""Receive ``multipart/form-data`` as it streams: the file goes straight to storage.
+
+FastAPI's ``UploadFile`` spools the whole body before the route runs, so a size cap there comes
+too late. Here the body is parsed chunk by chunk: the byte cap is enforced while streaming (413),
+form fields are small and known, and nothing is kept in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from service.problems import Problem
+from service.storage import LocalStorage
+
+FILE_FIELD = "file"
+TEXT_FIELDS = ("model", "steps", "seed", "output_format")
+MAX_TEXT_FIELD_BYTES = 256
+# Room for part headers and boundaries on top of the file cap, when judging Content-Length.
+MULTIPART_OVERHEAD = 64 * 1024
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(raw: str) -> str:
+    """The client's file name reduced to a harmless base name (used only for the download)."""
+    base = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _SAFE_NAME.sub("_", base).strip("._") or "image.nii"
+    return base[-120:]
+
+
+@dataclass
+class ReceivedUpload:
+    partial: Path  # the file's bytes, under a temporary name: commit or delete it
+    filename: str
+    size: int
+    first_bytes: bytes
+    fields: dict[str, str]
+    fingerprint: str | None  # sha256 of file bytes and fields, when asked for (idempotency)
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(
+        413,
+        "upload-too-large",
+        f"the upload is larger than the limit of {limit} bytes ({limit // (1024 * 1024)} MiB); "
+        "send a smaller image or ask the operator to raise MIDIFF_MAX_UPLOAD_MB",
+        limit_bytes=limit,
+    )
+
+
+def _bad_form(detail: str) -> Problem:
+    return Problem(
+        422,
+        "invalid-form",
+        detail,
+        accepted={"file": "one NIfTI file (.nii or .nii.gz)", "fields": list(TEXT_FIELDS)},
+    )
+
+
+@dataclass
+class _Part:
+    headers: dict[str, bytes] = field(default_factory=dict)
+    name: str | None = None
+    filename: str | None = None
+    value: bytearray = field(default_factory=bytearray)
+
+
+class _Receiver:
+    """The parser's callbacks: route each part's bytes to storage or to a small field buffer."""
+
+    def __init__(self, storage: LocalStorage, key: str, limit: int, want_fingerprint: bool):
+        self.storage = storage
+        self.key = key
+        self.limit = limit
+        self.hasher = hashlib.sha256() if want_fingerprint else None
+        self.fields: dict[str, str] = {}
+        self.part = _Part()
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self.file: BinaryIO | None = None
+        self.partial: Path | None = None
+        self.filename = ""
+        self.size = 0
+        self.first_bytes = b""
+        self.saw_file = False
+
+    # -- header callbacks
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.part.headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self.part.headers.get("content-disposition", b""))
+        name = params.get(b"name")
+        if name is None:
+            raise _bad_form("a form part has no name (Content-Disposition: form-data; name=...)")
+        self.part.name = name.decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if self.part.name == FILE_FIELD:
+            if self.saw_file:
+                raise _bad_form("send exactly one file in the field `file`; this request has more")
+            self.saw_file = True
+            self.filename = safe_filename(filename.decode("utf-8", "replace") if filename else "")
+            self.partial = self.storage.partial_path(self.key)
+            self.file = open(self.partial, "wb")  # noqa: SIM115 (closed in on_part_end/close)
+        elif self.part.name not in TEXT_FIELDS:
+            raise _bad_form(
+                f"unknown form field `{self.part.name}`; accepted: `file` and "
+                + ", ".join(f"`{f}`" for f in TEXT_FIELDS)
+            )
+        elif filename is not None:
+            raise _bad_form(f"the field `{self.part.name}` must be text, not a file")
+
+    # -- data callbacks
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.file is not None and self.part.name == FILE_FIELD:
+            chunk = memoryview(data)[start:end]
+            self.size += len(chunk)
+            if self.size > self.limit:
+                raise too_large(self.limit)
+            if len(self.first_bytes) < 2:
+                self.first_bytes += bytes(chunk[: 2 - len(self.first_bytes)])
+            self.file.write(chunk)
+            if self.hasher is not None:
+                self.hasher.update(chunk)
+        else:
+            self.part.value += data[start:end]
+            if len(self.part.value) > MAX_TEXT_FIELD_BYTES:
+                raise _bad_form(f"the field `{self.part.name}` is longer than 256 bytes")
+
+    def on_part_end(self) -> None:
+        if self.part.name == FILE_FIELD and self.file is not None:
+            self.file.close()
+        elif self.part.name is not None:
+            if self.part.name in self.fields:
+                raise _bad_form(f"the field `{self.part.name}` is given more than once")
+            self.fields[self.part.name] = self.part.value.decode("utf-8", "replace").strip()
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.partial is not None:
+            self.partial.unlink(missing_ok=True)
+
+    def fingerprint(self) -> str | None:
+        if self.hasher is None:
+            return None
+        # The fields and file name count as part of the body: same key, other fields = other body.
+        described: dict[str, Any] = {"fields": self.fields, "filename": self.filename}
+        self.hasher.update(json.dumps(described, sort_keys=True).encode())
+        return self.hasher.hexdigest()
+
+
+async def receive_upload(
+    request: Request, storage: LocalStorage, key: str, *, limit: int, want_fingerprint: bool
+) -> ReceivedUpload:
+    """Stream the request body to storage; raise :class:`Problem` (413/415/422) when it is bad."""
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "send multipart/form-data with the NIfTI in the field `file` "
+            "(curl: -F file=@scan.nii.gz)",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        # Refuse before reading: with `Expect: 100-continue` (curl does this for large
+        # bodies) the client never even sends the bytes.
+        raise too_large(limit)
+
+    receiver = _Receiver(storage, key, limit, want_fingerprint)
+    callbacks: Any = {
+        name: getattr(receiver, name)
+        for name in (
+            "on_part_begin",
+            "on_part_data",
+            "on_part_end",
+            "on_header_field",
+            "on_header_value",
+            "on_header_end",
+            "on_headers_finished",
+        )
+    }
+    parser = MultipartParser(boundary, callbacks)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit + MULTIPART_OVERHEAD:
+                raise too_large(limit)
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        receiver.discard()
+        raise _bad_form(f"the multipart body is malformed ({exc})") from exc
+    except BaseException:  # 413, a bad part, the client going away: keep nothing
+        receiver.discard()
+        raise
+    if receiver.file is not None and not receiver.file.closed:  # body ended inside the file part
+        receiver.discard()
+        raise _bad_form("the multipart body ended before the file part was complete")
+    if receiver.partial is None:
+        raise _bad_form("no file: send the NIfTI in the form field `file`")
+    return ReceivedUpload(
+        partial=receiver.partial,
+        filename=receiver.filename,
+        size=receiver.size,
+        first_bytes=receiver.first_bytes,
+        fields=receiver.fields,
+        fingerprint=receiver.fingerprint(),
+    )

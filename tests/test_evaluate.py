@@ -1,0 +1,197 @@
+"""The benchmark run end to end on small real data: every method, every direction, its files.
+
+mni-synth is built for real from the nilearn MNI152 files on the tiny model's 32 x 32 grid;
+ct-real and t1-train are small synthetic sets written with the data module's own writer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from midiffusion.cli import main
+from midiffusion.data.build import build_set, write_set
+from midiffusion.data.recipe import Recipe
+from midiffusion.data.sources import fetch_source, source_by_name
+from midiffusion.data.volumes import BuiltSet, Volume
+from midiffusion.evaluate import NO_FAITHFUL, ROWS, EvalSettings, evaluate
+
+GRID = 32
+
+
+def _ellipsoid(grid: int, n: int, value: float, core: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ellipses with a core of another intensity and a smooth gradient (a continuous histogram)."""
+    yy, xx = np.mgrid[:grid, :grid] / grid - 0.5
+    vol, mask = np.zeros((grid, grid, n), np.float32), np.zeros((grid, grid, n), np.uint8)
+    for k in range(n):
+        r = 0.3 + 0.02 * k
+        inside = (yy / r) ** 2 + (xx / (0.8 * r)) ** 2 < 1
+        inner = (yy / (r / 2)) ** 2 + (xx / (r / 3)) ** 2 < 1
+        vol[:, :, k] = inside * (value + 0.3 * yy) + inner * (core - value)
+        mask[:, :, k] = inside
+    return vol, mask
+
+
+def _write(root: Path, name: str, kind: str, volumes: list[Volume]) -> None:
+    out = root / "sets" / name
+    out.mkdir(parents=True)
+    write_set(out, name, BuiltSet(kind, volumes, []), Recipe(grid=GRID))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("evaldata")
+    fetch_source(root, source_by_name("mni152"))
+    build_set("mni-synth", root, Recipe(grid=GRID, synth_slices=3), log=lambda _m: None)
+    affine = np.diag([4.0, 4.0, 2.0, 1.0])
+    ct, ct_mask = _ellipsoid(GRID, 3, 0.5, 0.1)  # CT: dark ventricles, mid-grey tissue
+    _write(
+        root,
+        "ct-real",
+        "evaluation",
+        [
+            Volume("ct", "image", "CT", ct, affine, "synthetic"),
+            Volume("mask", "mask", "mask", ct_mask, affine, "synthetic"),
+        ],
+    )
+    t1, _ = _ellipsoid(GRID, 4, 0.8, 0.2)
+    _write(root, "t1-train", "training", [Volume("t1", "image", "T1w", t1, affine, "synthetic")])
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_store, data_root, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("evalout")
+    settings = EvalSettings(model="tiny", slices=2, steps=3, sdedit_t0=400, fid=False)
+    results = evaluate(
+        settings, out, store=tiny_model_store, data_root=data_root, progress=False, log=print
+    )
+    return results, out
+
+
+def test_every_method_and_direction_is_reported(run) -> None:
+    _, out = run
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["directions"]) == ["T2w->T1", "PDw->T1", "FLAIR->T1", "CT->T1"]
+    assert saved["model"]["name"] == "tiny" and saved["settings"]["seed"] == 0
+    for name, entry in saved["directions"].items():
+        assert list(entry["methods"]) == list(ROWS)
+        assert entry["n"] == 2 and len(entry["slices"]) == 2
+        assert entry["methods"]["faithful"] == {"status": NO_FAITHFUL}
+        for method, row in entry["methods"].items():
+            if method == "faithful":
+                continue
+            assert row["status"] == "ok"
+            summary = row["summary"]
+            expected = {"ssim_src", "nmi_src"}
+            if name != "CT->T1":
+                expected |= {"ssim_tar", "psnr", "mse", "nmi_tar"}
+            assert set(summary) == expected
+            assert all(s["n"] == 2 and np.isfinite(s["mean"]) for s in summary.values())
+            assert len(row["per_slice"]) == 2 and row["fid"] is None
+            assert np.isfinite(row["consistency"]["adjacent_mad"])
+    # the identity's SSIM to its own source is 1; its NMI to the source is 1
+    ident = saved["directions"]["T2w->T1"]["methods"]["identity"]["summary"]
+    assert ident["ssim_src"]["mean"] == pytest.approx(1.0)
+    assert ident["nmi_src"]["mean"] == pytest.approx(1.0)
+
+
+def test_baselines_behave_as_defined(run, data_root) -> None:
+    results, _ = run
+    flair = results["directions"]["FLAIR->T1"]["methods"]
+    # histogram-best is, per slice, one of the two candidates
+    chose = np.array(flair["histogram-best"]["chose_inverted"])
+    for k, inv in enumerate(chose):
+        src = flair["histogram-inverted" if inv else "histogram"]["per_slice"][k]
+        assert flair["histogram-best"]["per_slice"][k] == src
+    # a rank map keeps the source's structure: NMI to the source stays high
+    assert flair["histogram"]["summary"]["nmi_src"]["mean"] > 0.5
+    # ground-truth consistency is a property of the slices, shared by all methods
+    gts = {r["consistency"]["ground_truth_adjacent_mad"] for r in flair.values() if "summary" in r}
+    assert len(gts) == 1
+    assert (
+        results["directions"]["CT->T1"]["methods"]["midiffusion"]["consistency"][
+            "ratio_to_ground_truth"
+        ]
+        is None
+    )
+
+
+def test_markdown_table_and_figures(run) -> None:
+    results, out = run
+    table = (out / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    metric_rows = [r for r in rows if r.count("|") == 12 and "direction" not in r]
+    assert len(metric_rows) == 4 * len(ROWS)
+    assert any("FLAIR->T1 | midiffusion | 2 | " in r and " ± " in r for r in metric_rows)
+    assert any("faithful" in r and "not run" in r for r in metric_rows)
+    assert "FID" in table and "noisy" in table
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in out.iterdir())
+    for direction, name in results["figures"].items():
+        with Image.open(out / name) as im:
+            im.verify()
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.width > 4 * im.height / 2  # a wide grid
+        assert direction.replace("->", "_to_") in name
+
+
+def test_same_seed_same_results_and_fid_when_enabled(run, tiny_model_store, data_root, tmp_path):
+    first, _ = run
+    settings = EvalSettings(
+        model="tiny",
+        slices=2,
+        steps=3,
+        sdedit_t0=400,
+        directions=["FLAIR->T1"],
+        methods=["midiffusion", "sdedit", "histogram"],
+        fid=True,
+    )
+    again = evaluate(
+        settings,
+        tmp_path,
+        store=tiny_model_store,
+        data_root=data_root,
+        progress=False,
+        log=lambda _m: None,
+    )
+    rows_a = first["directions"]["FLAIR->T1"]["methods"]
+    rows_b = again["directions"]["FLAIR->T1"]["methods"]
+    for method in ("midiffusion", "sdedit", "histogram", "histogram-inverted"):
+        assert rows_b[method]["per_slice"] == rows_a[method]["per_slice"]
+    fids = {m: rows_b[m]["fid"] for m in rows_b}
+    assert all(f is not None and f >= 0 for f in fids.values())
+    chose = np.array(rows_b["histogram-best"]["chose_inverted"])
+    if chose.all() or not chose.any():  # best == one candidate entirely: same FID
+        other = "histogram-inverted" if chose.all() else "histogram"
+        assert fids["histogram-best"] == pytest.approx(fids[other])
+
+
+def test_cli_errors_are_one_line(tiny_model_store, data_root, tmp_path, capsys) -> None:
+    base = ["evaluate", "--store", str(tiny_model_store.root), "--data-dir", str(data_root)]
+    assert main([*base, "-m", "nope", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown model 'nope'" in err and "tiny" in err
+    empty = tmp_path / "nodata"
+    assert main([*base[:3], "--data-dir", str(empty), "-m", "tiny", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "not built" in err and "midiffusion data build" in err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_baselines_only_run_needs_no_model(data_root, tmp_path, capsys) -> None:
+    args = ["evaluate", "--store", str(tmp_path / "nostore"), "--data-dir", str(data_root)]
+    args += ["--methods", "histogram", "identity", "--no-fid", "--slices", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["model"] is None
+    assert list(saved["directions"]["CT->T1"]["methods"]) == [
+        "histogram",
+        "histogram-inverted",
+        "histogram-best",
+        "identity",
+    ]
+    assert "baselines only" in capsys.readouterr().out

@@ -1,0 +1,207 @@
+"""What a worker process holds: the job store, storage, and models loaded once.
+
+A job goes: start() on the record (counts deliveries, refuses cancelled jobs), load the input,
+translate with progress and cancel hooks that read and write the record, write the output
+(temp name, then rename), finish() on the record. Torch comes in through ``midiffusion``, and
+only when a job actually runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.jobs import (
+    JobError,
+    JobOutput,
+    JobRecord,
+    JobState,
+    JobStore,
+    StartOutcome,
+    open_job_store,
+)
+from service.settings import WorkerSettings
+from service.storage import LocalStorage
+from worker import metrics
+
+log = logging.getLogger("midiffusion.worker")
+
+CONTENT_TYPES = {".nii.gz": "application/gzip", ".png": "image/png"}
+
+
+@dataclass
+class _Deadline:
+    at: float
+    hit: bool = False
+
+    def passed(self) -> bool:
+        self.hit = self.hit or time.monotonic() > self.at
+        return self.hit
+
+
+def output_filename(input_filename: str, model_name: str, suffix: str) -> str:
+    stem = re.sub(r"(\.nii(\.gz)?|\.gz)$", "", input_filename, flags=re.IGNORECASE) or "image"
+    return f"{stem}_{model_name}{suffix}"
+
+
+class WorkerRuntime:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.jobs: JobStore = open_job_store(
+            settings.redis_url, settings.storage_dir, settings.job_retention_s
+        )
+        self.storage = LocalStorage(settings.storage_dir)
+        self.hostname = socket.gethostname()
+        self._translators: dict[tuple[str, int], Any] = {}
+        self._lock = threading.Lock()
+        self._model_store: Any = None
+
+    # -- models: loaded once per process, kept for its lifetime
+    def device(self) -> str:
+        if self.settings.device != "auto":
+            return self.settings.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def model_store(self) -> Any:
+        if self._model_store is None:
+            from model_store import ModelStore
+
+            self._model_store = ModelStore(root=self.settings.model_dir)
+        return self._model_store
+
+    def translator(self, name: str, version: int) -> Any:
+        with self._lock:
+            cached = self._translators.get((name, version))
+            if cached is not None:
+                return cached
+            from midiffusion.translate import Translator
+
+            started = time.perf_counter()
+            verified = self.model_store().verified(name, version)
+            translator = Translator.load(
+                verified.card.model_dump(), Path(verified.weights_path), device=self.device()
+            )
+            metrics.MODEL_LOAD.observe(time.perf_counter() - started)
+            self._translators[(name, version)] = translator
+            metrics.MODELS_LOADED.set(len(self._translators))
+            log.info("loaded model %s v%d on %s", name, version, self.device())
+            return translator
+
+    # -- one job
+    def run_job(self, job_id: str, worker: str | None = None) -> str:
+        """Run one delivery of a job's task; returns what happened (for logs and tests)."""
+        started = self.jobs.start(
+            job_id,
+            max_attempts=self.settings.max_deliveries,
+            worker=worker or self.hostname,
+            now=time.time(),
+        )
+        if started.outcome is not StartOutcome.RUN or started.job is None:
+            outcome = "gave_up" if started.outcome is StartOutcome.GAVE_UP else "skipped"
+            metrics.JOBS_FINISHED.labels(outcome).inc()
+            log.warning("job %s not run: %s", job_id, started.outcome.value)
+            return started.outcome.value
+        job = started.job
+        if job.attempts == 1 and job.started_at is not None:
+            metrics.QUEUE_WAIT.observe(max(0.0, job.started_at - job.spec.created_at))
+        metrics.BUSY.set(1)
+        metrics.PROGRESS.set(0)
+        t0 = time.perf_counter()
+        try:
+            state, error, output = self._translate(job)
+        finally:
+            metrics.BUSY.set(0)
+        self.jobs.finish(job_id, state, now=time.time(), error=error, output=output)
+        metrics.RUN_TIME.labels(state.value).observe(time.perf_counter() - t0)
+        metrics.JOBS_FINISHED.labels(state.value).inc()
+        if error:
+            log.info("job %s %s: %s: %s", job_id, state.value, error.code, error.message)
+        else:
+            log.info("job %s %s", job_id, state.value)
+        return state.value
+
+    def _translate(self, job: JobRecord) -> tuple[JobState, JobError | None, JobOutput | None]:
+        import nibabel as nib
+
+        from midiffusion.translate import TranslationCancelled, TranslationInputError
+        from model_store import ModelIntegrityError, ModelNotFoundError
+
+        spec = job.spec
+        deadline = _Deadline(time.monotonic() + self.settings.job_timeout_s)
+
+        def progress(done: int, total: int) -> None:
+            self.jobs.set_progress(job.id, done, total)
+            metrics.PROGRESS.set(done / total if total else 0.0)
+
+        def should_cancel() -> bool:
+            return deadline.passed() or self.jobs.cancel_requested(job.id)
+
+        try:
+            translator = self.translator(spec.model_name, spec.model_version)
+            image = nib.load(self.storage.path(spec.input_key))
+            out = translator.translate(
+                image,
+                steps=spec.steps,
+                seed=spec.seed,
+                progress=progress,
+                should_cancel=should_cancel,
+            )
+            return JobState.SUCCEEDED, None, self._write_output(job, out)
+        except TranslationCancelled:
+            if deadline.hit:
+                return (
+                    JobState.FAILED,
+                    JobError(
+                        "timeout",
+                        f"the job ran longer than {self.settings.job_timeout_s} s "
+                        "(MIDIFF_JOB_TIMEOUT_S) and was stopped",
+                    ),
+                    None,
+                )
+            return JobState.CANCELLED, None, None
+        except TranslationInputError as exc:
+            return JobState.FAILED, JobError("invalid_input", str(exc)), None
+        except ModelNotFoundError as exc:
+            return JobState.FAILED, JobError("model_not_found", str(exc)), None
+        except ModelIntegrityError as exc:
+            return JobState.FAILED, JobError("model_integrity", str(exc)), None
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            return (
+                JobState.FAILED,
+                JobError("internal_error", f"the worker failed: {type(exc).__name__}: {exc}"),
+                None,
+            )
+
+    def _write_output(self, job: JobRecord, out: Any) -> JobOutput:
+        import nibabel as nib
+
+        suffix = ".png" if job.spec.output_format == "png" else ".nii.gz"
+        key = self.storage.key("out", job.id, suffix)
+        partial = self.storage.partial_path(key)
+        try:
+            if suffix == ".png":
+                from midiffusion.imaging import save_png
+
+                data = out.get_fdata()  # the translator's output is already in [0, 1]
+                save_png(data.reshape(data.shape[:2]), partial)
+            else:
+                nib.save(out, partial)
+            self.storage.commit(partial, key)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return JobOutput(
+            key=key,
+            filename=output_filename(job.spec.input_filename, job.spec.model_name, suffix),
+            content_type=CONTENT_TYPES[suffix],
+            bytes=self.storage.size(key),
+        )

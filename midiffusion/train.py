@@ -334,7 +334,7 @@ def plot_loss(log_path: Path, png_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ax.plot(steps, loss, lw=0.6, alpha=0.4, label="loss (per log interval)")
     k = max(1, len(loss) // 25)
-    if len(loss) >= k * 2:
+    if k > 1:
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"moving mean ({k})")
     ax.set_yscale("log")

@@ -311,6 +311,25 @@ class Trainer:
         plot_loss(log_path, self.out_dir / "loss.png")
 
 
+def init_from_store(trainer: Trainer, ref: str) -> None:
+    """Warm start: the stored EMA weights become both the weights and the EMA; the step count
+    continues from the card's iterations. Adam's moments start fresh."""
+    from model_store import ModelStore
+
+    name, _, version = ref.partition(":")
+    verified = ModelStore().verified(name, int(version) if version else None)
+    card = verified.card
+    if card.network != trainer.config.network:
+        raise ValueError(f"{name} v{card.version} has another network than this config")
+    if card.conditioning != trainer.config.conditioning:
+        raise ValueError(f"{name} v{card.version} was trained with other conditioning")
+    state = load_file(str(verified.weights_path))
+    trainer.net.load_state_dict(state)
+    trainer.ema.load_state_dict(state)
+    trainer.step = int(card.training.get("iterations", 0))
+    print(f"initialised from {name} v{card.version} at step {trainer.step}")
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log rows past the checkpoint's step (written after it by a killed run)."""
     if not path.is_file():
@@ -379,6 +398,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, help="stop at this step (default: the config's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument(
+        "--init-from",
+        metavar="MODEL[:VERSION]",
+        help="start a new run from a stored model's weights (ignored when --out has a checkpoint)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -388,6 +412,8 @@ def run(args: argparse.Namespace) -> int:
     data, manifest = load_training_slices(args.data, config.grid_size)
     trainer = Trainer(config, data, args.out, manifest, device=args.device)
     resumed = trainer.resume()
+    if not resumed and args.init_from:
+        init_from_store(trainer, args.init_from)
     print(
         f"{'resumed at step ' + str(trainer.step) if resumed else 'new run'}: "
         f"{len(data)} slices, {count_parameters(trainer.net):,} parameters, "

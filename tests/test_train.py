@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from midiffusion.conditioning import ConditioningSpec
 from midiffusion.denoiser import LMIGuidedDenoiser
@@ -89,3 +90,20 @@ def test_training_and_sampling_build_identical_conditions(data, family):
     denoiser(x_ve, sigma)
     assert torch.equal(seen["cond"], train_cond)
     assert train_cond[:, 0].std() > 0  # not a trivially constant map
+
+
+def test_warm_start_from_a_stored_model(data, tmp_path, tiny_model_store, monkeypatch):
+    from midiffusion.train import init_from_store
+
+    monkeypatch.setenv("MIDIFF_MODEL_DIR", str(tiny_model_store.root))
+    card = tiny_model_store.card("tiny")
+    trainer = Trainer(TrainConfig.load("tiny"), data, tmp_path)
+    init_from_store(trainer, "tiny:1")
+    assert trainer.step == card.training["iterations"]
+    stored = load_file(str(tiny_model_store.verified("tiny").weights_path))
+    for k, v in trainer.net.state_dict().items():
+        assert torch.equal(v, stored[k]), k
+    other = TrainConfig.load("tiny")
+    other.network = {**other.network, "base_channels": 16}
+    with pytest.raises(ValueError, match="another network"):
+        init_from_store(Trainer(other, data, tmp_path / "o"), "tiny")

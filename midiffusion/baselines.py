@@ -119,7 +119,14 @@ def sdedit(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     grid = source01.shape[-1]
     noise = torch.randn(1, 1, grid, grid, generator=gen).to(device)
-    denoiser = LMIGuidedDenoiser(translator.net, translator.schedule, translator.spec, None, 0.0)
+    denoiser = LMIGuidedDenoiser(
+        translator.net,
+        translator.schedule,
+        translator.spec,
+        None,
+        0.0,
+        clip=translator.clip_denoised,
+    )
 
     n = source01.shape[0]
     batch_size = int(batch_size or (32 if device.type == "cuda" else 8))

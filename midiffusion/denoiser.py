@@ -5,6 +5,11 @@ guidance), reuses the cached self-LMI of the source, and optionally applies clas
 guidance on the condition: ``eps = eps_uncond + w * (eps_cond - eps_uncond)`` (not in the paper;
 the network is trained with condition dropout, see ``unet.py``). ``guidance = 1`` is the plain
 conditional model, ``guidance = 0`` ignores the source (the unconditional prior).
+
+``clip``: clamp the denoised estimate to the data range, as DDPM's ``clip_denoised``. Early in
+sampling an epsilon error of d becomes an x0 error of sigma * d (sigma up to 157), and without
+the clamp a deterministic sampler carries that overshoot to a saturated result. The published
+sampler does not clip (its update is written in epsilon form), so faithful mode turns it off.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ class LMIGuidedDenoiser:
         spec: ConditioningSpec,
         source01: torch.Tensor | None,
         guidance: float = 1.0,
+        clip: bool = True,
     ) -> None:
         self.net, self.schedule, self.spec, self.guidance = net, schedule, spec, float(guidance)
+        self.clip = clip
         self.source01 = source01
         self.self_map = spec.self_map(source01) if source01 is not None else None
 
@@ -50,4 +57,7 @@ class LMIGuidedDenoiser:
         return eps_u + self.guidance * (eps_c - eps_u)
 
     def __call__(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return x_ve - sigma.reshape(-1, 1, 1, 1) * self.eps(x_ve, sigma)
+        denoised = x_ve - sigma.reshape(-1, 1, 1, 1) * self.eps(x_ve, sigma)
+        if self.clip:
+            denoised = denoised.clamp(*self.spec.data_range)
+        return denoised

@@ -121,7 +121,7 @@ def sample_grid(card: dict, weights: Path, n: int, steps: int, seed: int):
     sigmas = t.schedule.sampling_sigmas(steps).float()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, t.grid, t.grid, generator=gen) * sigmas[0]
-    denoiser = LMIGuidedDenoiser(t.net, t.schedule, t.spec, None, guidance=0.0)
+    denoiser = LMIGuidedDenoiser(t.net, t.schedule, t.spec, None, 0.0, clip=t.clip_denoised)
     x0 = get_sampler(t.sampling.get("sampler", "ddim"))(denoiser, x, sigmas)
     imgs = [np.rot90(a) for a in t.spec.to_unit(x0)[:, 0].numpy()]  # anterior up
     cols = int(np.ceil(np.sqrt(n)))

@@ -209,6 +209,10 @@ class Translator:
         self.spec = ConditioningSpec.from_dict(card["conditioning"])
         self.grid = int(card["grid_size"])
         self.sampling = dict(card.get("sampling", {}))
+        # clean models clamp x0 estimates to the data range; the published (faithful) chain does not
+        self.clip_denoised = bool(
+            self.sampling.get("clip_denoised", self.spec.state == "range_consistent")
+        )
 
     @classmethod
     def load(
@@ -248,7 +252,9 @@ class Translator:
         out = np.zeros_like(source01, dtype=np.float32)
         for b, idx in enumerate(batches):
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
-            denoiser = LMIGuidedDenoiser(self.net, self.schedule, self.spec, src, guidance)
+            denoiser = LMIGuidedDenoiser(
+                self.net, self.schedule, self.spec, src, guidance, clip=self.clip_denoised
+            )
 
             def callback(i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor, b=b) -> None:
                 if should_cancel is not None and should_cancel():

@@ -180,6 +180,7 @@ class Trainer:
         self.schedule = DDPMSchedule.from_dict(config.schedule)
         self.spec = ConditioningSpec.from_dict(config.conditioning)
         self.sigmas = self.schedule.sigmas.float()
+        self.compute_seconds = 0.0  # training wall time over every run in this folder
         self.gen = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.data = torch.from_numpy(data).unsqueeze(1)
@@ -255,6 +256,7 @@ class Trainer:
             "config": asdict(self.config),
             "param_groups": opt_state["param_groups"],
             "data": self.data_manifest,
+            "compute": self.compute(),
         }
         path = self.out_dir / CHECKPOINT
         _save_checkpoint(path, state, meta)
@@ -279,14 +281,26 @@ class Trainer:
         self.gen.set_state(state["rng.data"])
         torch.set_rng_state(state["rng.torch"])
         self.step = int(meta["step"])
+        self.compute_seconds = float(meta.get("compute", {}).get("seconds", 0.0))
         return True
+
+    def compute(self) -> dict:
+        """What the run has used so far: recorded in checkpoints and then in the model card."""
+        return {
+            "seconds": round(self.compute_seconds, 1),
+            "device": str(self.device),
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        }
 
     # --- the loop -----------------------------------------------------------------------------
     def fit(self, iterations: int | None = None, progress: bool = True) -> None:
         total = iterations or self.config.iterations
         log_path = self.out_dir / LOSS_LOG
         _truncate_log(log_path, self.step)
-        start = time.monotonic()
+        start = clock = time.monotonic()
         bar = tqdm(
             total=total, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True
         )
@@ -306,6 +320,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean:.4f}")
                     recent.clear()
                 if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                    now = time.monotonic()
+                    self.compute_seconds += now - clock
+                    clock = now
                     self.save()
         bar.close()
         plot_loss(log_path, self.out_dir / "loss.png")
@@ -366,19 +383,6 @@ def plot_loss(log_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def compute_summary(trainer: Trainer, seconds: float) -> dict:
-    return {
-        "iterations": trainer.step,
-        "parameters": count_parameters(trainer.net),
-        "device": str(trainer.device),
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "seconds_this_run": round(seconds, 1),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
@@ -420,10 +424,9 @@ def run(args: argparse.Namespace) -> int:
         f"device {trainer.device}, out {args.out}"
     )
     (args.out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    start = time.monotonic()
     trainer.fit(args.iterations)
-    summary = compute_summary(trainer, time.monotonic() - start)
-    print(json.dumps(summary))
+    params = count_parameters(trainer.net)
+    print(json.dumps({"iterations": trainer.step, "parameters": params, **trainer.compute()}))
     print(f"checkpoint: {args.out / CHECKPOINT}; loss curve: {args.out / 'loss.png'}")
     return 0
 

@@ -36,6 +36,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(data, tmp_path):
 
     first = Trainer(config, data, tmp_path / "b")
     first.fit(5, progress=False)  # checkpoints every 5 steps
+    first_seconds = first.compute_seconds
+    assert first_seconds > 0
     del first  # "killed" after its checkpoint
     torch.manual_seed(1234)  # a new process would not share the old RNG state
     second = Trainer(config, data, tmp_path / "b")
@@ -46,6 +48,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(data, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert second.compute_seconds > first_seconds  # compute carries over the resume
     lines = (tmp_path / "b" / "loss.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in lines[1:]] == list(range(1, 9))
 
@@ -60,7 +63,7 @@ def test_resume_refuses_a_different_config(data, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["clean", "faithful"])
-def test_training_and_sampling_build_identical_conditions(data, family):
+def test_training_and_sampling_build_identical_conditions(data, family, tmp_path):
     """The training step and the sampler's denoiser must feed the network the same maps."""
     config = TrainConfig.load("tiny")
     if family == "faithful":
@@ -71,7 +74,7 @@ def test_training_and_sampling_build_identical_conditions(data, family):
     sigma = schedule.sigmas[[10, 300, 900]].float()
     x_ve = spec.to_model(y01) + sigma.view(-1, 1, 1, 1) * torch.randn_like(y01)
 
-    trainer = Trainer(config, data, "/tmp/unused-train-dir")
+    trainer = Trainer(config, data, tmp_path)
     trainer.train_step()  # the training step runs with this conditioning
     train_cond = trainer.spec.condition(y01, x_ve, sigma, trainer.self_maps[:3])
 

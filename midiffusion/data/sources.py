@@ -17,7 +17,6 @@ Cache layout (``root`` = ``MIDIFF_DATA_DIR``, default ``~/.cache/midiffusion``):
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from midiffusion.data.errors import DataError
+from model_store import sha256_file  # one checksum helper for data and weights
 
 STAMP = "source.json"
 
@@ -160,14 +160,6 @@ def source_by_name(name: str, sources: tuple[Source, ...] = SOURCES) -> Source:
             return src
     known = ", ".join(s.name for s in sources)
     raise DataError(f"unknown data source {name!r}; known sources: {known}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_dir(root: Path, src: Source) -> Path:

@@ -15,7 +15,7 @@ from midiffusion.data.geometry import (
     square_fov,
     world_bbox,
 )
-from midiffusion.data.intensity import scale_to_unit, window
+from midiffusion.data.intensity import flatten_axial_bias, scale_to_unit, window
 
 
 def _ellipsoid(shape, affine, centre_mm, radii_mm) -> np.ndarray:
@@ -132,6 +132,23 @@ def test_scale_to_unit_uses_the_percentile_inside_the_mask() -> None:
     assert out[mask == 0].max() == 0 and out.max() == 1.0 and out.dtype == np.float32
     with pytest.raises(ValueError, match="empty"):
         scale_to_unit(image, np.zeros_like(mask))
+
+
+def test_flatten_axial_bias_removes_a_drift_and_keeps_in_plane_anatomy() -> None:
+    rng = np.random.default_rng(1)
+    anatomy = rng.uniform(0.3, 0.9, (24, 24, 1)) * np.ones((1, 1, 30))
+    mask = np.zeros(anatomy.shape, np.uint8)
+    mask[4:20, 4:20] = 1
+    drift = np.linspace(0.35, 0.9, 30) ** 0.5  # darker towards the base, as in ROBEX
+    out = flatten_axial_bias((anatomy * drift).astype(np.float32), mask, level=0.8, window=5)
+    inside = mask[..., 0] > 0
+    bright = [np.percentile(out[..., k][inside], 90) for k in range(30)]
+    np.testing.assert_allclose(bright, 0.8, atol=0.02)  # one level in every slice
+    # within a slice, the contrast between pixels is untouched
+    np.testing.assert_allclose(out[..., 3][inside] / out[..., 25][inside], 1.0, atol=0.03)
+    assert out[mask == 0].max() == 0 and out.max() <= 1.0 and out.dtype == np.float32
+    with pytest.raises(ValueError, match="too few brain slices"):
+        flatten_axial_bias(anatomy[..., :3], mask[..., :3], level=0.8, window=5)
 
 
 def test_ct_window() -> None:

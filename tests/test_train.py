@@ -29,6 +29,27 @@ def test_loss_falls_on_a_tiny_set(data, tmp_path):
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
 
 
+def test_crop_training_sees_windows_and_rejects_bad_sizes(data, tmp_path):
+    config = TrainConfig.load("tiny")
+    config.crop = 16
+    trainer = Trainer(config, data, tmp_path)
+    y, self_map = trainer._batch()
+    assert y.shape == self_map.shape == (config.batch_size, 1, 16, 16)
+    # each window is a real part of a training slice (or its mirror image)
+    for window in y[:, 0].numpy():
+        assert any(
+            (im[i : i + 16, j : j + 16] == window).all()
+            for im in np.concatenate([data, data[:, :, ::-1]])
+            for i in range(17)
+            for j in range(17)
+        )
+    assert np.isfinite(trainer.train_step())
+    for bad in (7, 48):  # not a multiple of the network's stride 2; larger than the grid
+        config.crop = bad
+        with pytest.raises(ValueError, match="crop"):
+            Trainer(config, data, tmp_path / str(bad))
+
+
 def test_kill_and_resume_equals_an_uninterrupted_run(data, tmp_path):
     config = TrainConfig.load("tiny")
     straight = Trainer(config, data, tmp_path / "a")

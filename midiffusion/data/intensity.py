@@ -22,6 +22,33 @@ def scale_to_unit(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5)
     return out.astype(np.float32)
 
 
+def flatten_axial_bias(
+    image: np.ndarray, mask: np.ndarray, level: float, window: int = 9, q: float = 90.0
+) -> np.ndarray:
+    """Divide out a slow intensity drift along the last (axial) axis.
+
+    Some scans fall off towards the ends of the coil: the ROBEX reference head's bright-tissue
+    level (the ``q``th percentile of each slice's brain) runs from 0.35 at the base to 0.91 mid-
+    brain. That level, smoothed by a running median over ``window`` slices so single slices keep
+    their anatomy, is divided out; every slice's bright tissue then sits at ``level``. The
+    result is clipped to [0, 1] and zero outside the mask, like :func:`scale_to_unit`.
+    """
+    area = (mask > 0).sum(axis=(0, 1))
+    z = np.flatnonzero(area >= 0.1 * area.max())
+    if len(z) < window:
+        raise ValueError(f"too few brain slices ({len(z)}) for an axial drift window of {window}")
+    bright = np.array([np.percentile(image[..., k][mask[..., k] > 0], q) for k in z])
+    padded = np.pad(bright, window // 2, mode="edge")
+    smooth = np.array([np.median(padded[i : i + window]) for i in range(len(bright))])
+    if not smooth.min() > 0:
+        raise ValueError("cannot flatten an axial drift: a slice's bright-tissue level is 0")
+    # slices outside the fitted range take the nearest fitted level
+    per_slice = np.interp(np.arange(image.shape[-1]), z, smooth)
+    out = np.clip(image * (level / per_slice), 0.0, 1.0)
+    out[mask == 0] = 0.0
+    return out.astype(np.float32)
+
+
 def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     """A display window: ``level - width/2`` -> 0, ``level + width/2`` -> 1, clipped."""
     if width <= 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 SET_NAMES = ("t1-train", "mni-synth", "ct-real")
 
@@ -26,6 +26,13 @@ class Recipe:
     # t1-train: slices every `train_slice_mm` mm along the head axis (z), all that pass the
     # area threshold.
     train_slice_mm: float = 1.0
+    # t1-train: running-median window (slices) of the axial intensity drift divided out of
+    # sources that have one (ROBEX), so the T1 prior learns one brightness convention (recipe v1
+    # left ROBEX's bright tissue anywhere from 0.35 to 0.9).
+    train_axial_bias_window: int = 9
+    # ... and the level their bright tissue (90th percentile of a slice's brain) is set to: what
+    # percentile scaling gives Colin27's white-matter slices (0.93-0.97)
+    train_bright_level: float = 0.95
     # mni-synth: this many evenly spaced axial slices between the first and last slice that
     # pass the area threshold.
     synth_slices: int = 48

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from midiffusion.data.geometry import canonical, plan_grid, resample, resample_mask
-from midiffusion.data.intensity import scale_to_unit
+from midiffusion.data.intensity import flatten_axial_bias, scale_to_unit
 from midiffusion.data.masks import mask_from_stripped
 from midiffusion.data.nifti import load_nifti
 from midiffusion.data.recipe import Recipe
@@ -73,19 +73,26 @@ def _robex(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, mask > 0.5, affine
 
 
-LOADERS: dict[str, tuple[str, Callable[[Path], tuple[np.ndarray, np.ndarray, np.ndarray]]]] = {
-    "colin27": ("colin27", _colin27),
-    "robex": ("robex-atlas", _robex),
+# key -> (source, loader, has an axial intensity drift to divide out)
+LOADERS: dict[
+    str, tuple[str, Callable[[Path], tuple[np.ndarray, np.ndarray, np.ndarray]], bool]
+] = {
+    "colin27": ("colin27", _colin27, False),  # an average of 27 scans: no drift
+    "robex": ("robex-atlas", _robex, True),
 }
 
 
 def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> BuiltSet:
     volumes: list[Volume] = []
-    for key, (source, loader) in LOADERS.items():
+    for key, (source, loader, drifts) in LOADERS.items():
         image, mask, affine = loader(root)
         img, msk, grid_affine = t1_on_grid(
             image, mask, affine, recipe, slice_mm=recipe.train_slice_mm
         )
+        if drifts:
+            img = flatten_axial_bias(
+                img, msk, recipe.train_bright_level, recipe.train_axial_bias_window
+            )
         log(f"  t1-train: {key}: {img.shape[2]} slices of {img.shape[0]}x{img.shape[1]}")
         volumes.append(Volume(key, "image", "T1w", img, grid_affine, source))
         volumes.append(Volume(f"{key}_mask", "mask", "mask", msk, grid_affine, source))

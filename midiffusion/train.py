@@ -83,7 +83,7 @@ class TrainConfig:
 
 PRESETS: dict[str, dict] = {
     # the shipped T1 model: ~3.5M parameters
-    "t1w": {"crop": 96},
+    "t1w": {"cond_dropout": 0.2},
     # the published pipeline's conditioning: faithful LMI (NMI) on the raw VP state, data in
     # [0,1]; needed for the benchmark's "faithful" method (1000-step DDPM at sampling)
     "t1w-faithful": {

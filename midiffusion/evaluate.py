@@ -86,6 +86,7 @@ class EvalSettings:
     steps: int | None = None  # default: the model card's
     sampler: str | None = None
     guidance: float | None = None
+    samples: int | None = None  # default: the model card's
     sdedit_t0: int = 500
     seed: int = 0
     batch_size: int | None = None
@@ -327,6 +328,7 @@ def _run_direction(
                     steps=settings.steps,
                     sampler=settings.sampler,
                     guidance=settings.guidance,
+                    samples=settings.samples,
                     progress=bar,
                     **common,
                 ),
@@ -344,6 +346,7 @@ def _run_direction(
                     steps=settings.faithful_steps,
                     sampler="ddpm",
                     guidance=1.0,
+                    samples=1,
                     progress=bar,
                     **common,
                 ),
@@ -499,11 +502,13 @@ def markdown_report(results: dict) -> str:
         model = "No model run (baselines only)"
     else:
         guidance = s["guidance"] if s["guidance"] is not None else m["sampling"].get("guidance")
+        samples = s.get("samples") or m["sampling"].get("samples", 1)
         model = (
             f"Model `{m['name']}` v{m['version']} ({m['training_iterations']} training "
             f"iterations, {m['parameters']:,} parameters); sampler "
             f"{s['sampler'] or m['sampling'].get('sampler')}, "
-            f"{s['steps'] or m['sampling'].get('steps')} steps, guidance {guidance}; "
+            f"{s['steps'] or m['sampling'].get('steps')} steps, guidance {guidance}, "
+            f"mean of {samples} sample{'s' if samples > 1 else ''}; "
             f"SDEdit t0 = {s['sdedit_t0']}"
         )
     lines = [
@@ -638,6 +643,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
     parser.add_argument("--sampler", choices=("ddim", "dpmpp-2m", "ddpm"))
     parser.add_argument("--guidance", type=float)
+    parser.add_argument("--samples", type=int, help="translations averaged per slice (card's)")
     parser.add_argument("--sdedit-t0", type=int, default=500, help="SDEdit start timestep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int)
@@ -661,6 +667,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         steps=args.steps,
         sampler=args.sampler,
         guidance=args.guidance,
+        samples=args.samples,
         sdedit_t0=args.sdedit_t0,
         seed=args.seed,
         batch_size=args.batch_size,

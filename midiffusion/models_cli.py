@@ -38,6 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pub.add_argument("--sampler", default="ddim")
     pub.add_argument("--steps", type=int, default=20)
     pub.add_argument("--guidance", type=float, default=1.0)
+    pub.add_argument("--samples", type=int, default=1, help="translations averaged per slice")
     pub.add_argument("--notes", default="")
     pub.add_argument("--licence", action="append", default=[], help="data licence note")
     pub.add_argument("--metrics", type=Path, help="metrics.json to store beside the weights")
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                         "sampler": args.sampler,
                         "steps": args.steps,
                         "guidance": args.guidance,
+                        "samples": args.samples,
                     },
                 )
                 metrics = json.loads(args.metrics.read_text()) if args.metrics else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -233,54 +234,63 @@ class Translator:
         seed: int = 0,
         sampler: str | None = None,
         guidance: float | None = None,
+        samples: int | None = None,
         batch_size: int | None = None,
         progress: Progress | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> np.ndarray:
-        """Translate (N, G, G) slices in [0,1] on the model grid; returns (N, G, G) in [0,1]."""
+        """Translate (N, G, G) slices in [0,1] on the model grid; returns (N, G, G) in [0,1].
+
+        ``samples`` > 1 averages that many translations from different initial noises: an
+        estimate of the posterior mean, which loses the sampler's invented fine texture (the
+        part that cannot match the patient) and costs ``samples`` times the time.
+        """
         steps = int(steps or self.sampling.get("steps", 20))
         sample = get_sampler(sampler or self.sampling.get("sampler", "ddim"))
         guidance = float(self.sampling.get("guidance", 1.0) if guidance is None else guidance)
+        samples = int(samples or self.sampling.get("samples", 1))
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}")
         batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))
         sigmas = self.schedule.sampling_sigmas(steps).to(self.device, torch.float32)
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn(1, 1, self.grid, self.grid, generator=gen).to(self.device)
+        # one noise per draw, shared by every slice: neighbouring slices stay consistent
+        noises = [
+            torch.randn(1, 1, self.grid, self.grid, generator=gen).to(self.device)
+            for _ in range(samples)
+        ]
 
         n = source01.shape[0]
         batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-        total = len(batches) * steps
+        total = len(batches) * samples * steps
         out = np.zeros_like(source01, dtype=np.float32)
-        for b, idx in enumerate(batches):
+        done = 0
+        for idx in batches:
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
             denoiser = LMIGuidedDenoiser(
                 self.net, self.schedule, self.spec, src, guidance, clip=self.clip_denoised
             )
 
-            def callback(i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor, b=b) -> None:
+            def callback(_i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor) -> None:
+                nonlocal done
                 if should_cancel is not None and should_cancel():
                     raise TranslationCancelled("translation cancelled")
+                done += 1
                 if progress is not None:
-                    progress(b * steps + i + 1, total)
+                    progress(done, total)
 
-            x = noise.expand(len(idx), -1, -1, -1) * sigmas[0]
-            x0 = sample(denoiser, x, sigmas, callback=callback, generator=gen)
-            out[idx.start : idx.stop] = self.spec.to_unit(x0)[:, 0].float().cpu().numpy()
-        return out
+            for noise in noises:
+                x = noise.expand(len(idx), -1, -1, -1) * sigmas[0]
+                x0 = sample(denoiser, x, sigmas, callback=callback, generator=gen)
+                out[idx.start : idx.stop] += self.spec.to_unit(x0)[:, 0].float().cpu().numpy()
+        return out / samples
 
     # --- whole images -----------------------------------------------------------------------
-    def translate(
-        self,
-        image: nib.Nifti1Image,
-        *,
-        steps: int | None = None,
-        seed: int = 0,
-        sampler: str | None = None,
-        guidance: float | None = None,
-        batch_size: int | None = None,
-        progress: Progress | None = None,
-        should_cancel: Callable[[], bool] | None = None,
-    ) -> nib.Nifti1Image:
-        """Translate a NIfTI volume or slice; the output has the input's shape and geometry."""
+    def translate(self, image: nib.Nifti1Image, **options: Any) -> nib.Nifti1Image:
+        """Translate a NIfTI volume or slice; the output has the input's shape and geometry.
+
+        ``options`` are those of :meth:`translate_slices` (steps, seed, sampler, guidance,
+        samples, batch_size, progress, should_cancel)."""
         volume = _as_volume(image)
         x01, mask = normalise(volume)
         geom, ras, ras_mask = plan_geometry(image, x01, mask, self.grid)
@@ -289,16 +299,7 @@ class Translator:
         keep = np.nonzero(msk.reshape(len(msk), -1).any(axis=1))[0]
         result = np.zeros_like(src)
         if len(keep):
-            result[keep] = self.translate_slices(
-                src[keep],
-                steps=steps,
-                seed=seed,
-                sampler=sampler,
-                guidance=guidance,
-                batch_size=batch_size,
-                progress=progress,
-                should_cancel=should_cancel,
-            )
+            result[keep] = self.translate_slices(src[keep], **options)
         result *= msk
         back = from_grid(geom, result) * mask.reshape(geom.shape)
         return output_like(image, back.reshape(image.shape))

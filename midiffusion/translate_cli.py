@@ -24,7 +24,7 @@ import numpy as np
 from midiffusion.imaging import NIFTI_SUFFIXES, ImageFormatError
 
 PNG_SUFFIX = ".png"
-FAITHFUL_DEFAULTS = {"sampler": "ddpm", "steps": 1000, "guidance": 1.0}
+FAITHFUL_DEFAULTS = {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "samples": 1}
 
 
 class TranslateCLIError(ValueError):
@@ -43,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
     parser.add_argument("--sampler", choices=("ddim", "dpmpp-2m", "ddpm"))
     parser.add_argument("--guidance", type=float, help="LMI guidance weight (default: card's)")
+    parser.add_argument(
+        "--samples", type=int, help="average this many translations (default: the card's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--batch-size", type=int, help="slices per sampling batch")
@@ -156,6 +159,7 @@ def translate_file(args: argparse.Namespace) -> Path:
             seed=args.seed,
             sampler=args.sampler or defaults.get("sampler"),
             guidance=args.guidance if args.guidance is not None else defaults.get("guidance"),
+            samples=args.samples or defaults.get("samples"),
             batch_size=args.batch_size,
             progress=progress,
         )

@@ -70,6 +70,22 @@ def test_same_seed_same_output_and_other_seed_differs(translator):
     assert not np.array_equal(a, c)
 
 
+def test_samples_average_independent_draws(translator):
+    src = np.stack([_head((32, 32, 1))[:, :, 0] / 100.0] * 3).astype(np.float32)
+    seen: list[tuple[int, int]] = []
+    one = translator.translate_slices(src, steps=3, seed=5, samples=1)
+    two = translator.translate_slices(
+        src, steps=3, seed=5, samples=2, batch_size=2, progress=lambda d, t: seen.append((d, t))
+    )
+    # the first draw is the single-sample translation, so the second is what is left
+    second = 2 * two - one
+    assert second.min() >= -1e-5 and second.max() <= 1 + 1e-5
+    assert np.abs(second - one).max() > 0.01  # another draw, not the same one twice
+    assert seen[-1] == (2 * 2 * 3, 2 * 2 * 3)  # 2 batches x 2 draws x 3 steps
+    with pytest.raises(ValueError, match="samples"):
+        translator.translate_slices(src, steps=2, samples=-1)
+
+
 def test_progress_reports_every_step_and_cancel_stops_within_one(translator):
     img = nib.Nifti1Image(_head(), np.eye(4))
     seen: list[tuple[int, int]] = []

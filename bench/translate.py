@@ -3,7 +3,7 @@
     python bench/translate.py [--steps N] [--batch 8] [--faithful-steps 5] [--skip-faithful]
 
 What is timed (benchmark.md, speed protocol):
-- default mode: the model card's sampler, steps and guidance, end to end through
+- default mode: the model card's sampler, steps, guidance and samples, end to end through
   ``Translator.translate_slices`` (self-LMI, then per step a cross-LMI and a U-Net call), for one
   slice and for a batch of ``--batch`` slices (reported per slice);
 - faithful mode: the published LMI operator (``mode="faithful"``, raw VP state, [0,1] data) with
@@ -32,7 +32,12 @@ from midiffusion.train import TrainConfig
 from midiffusion.translate import Translator
 from midiffusion.unet import UNet, UNetConfig
 
-DEFAULT_SAMPLING = {"sampler": "ddim", "steps": 20, "guidance": 1.0}  # `models publish` defaults
+DEFAULT_SAMPLING = {
+    "sampler": "ddim",
+    "steps": 20,
+    "guidance": 1.0,
+    "samples": 1,
+}  # `models publish` defaults
 
 
 def load_translator(device: str) -> tuple[Translator, str]:
@@ -102,6 +107,7 @@ def main() -> None:
     steps = args.steps or int(cpu.sampling.get("steps", 20))
     sampler = cpu.sampling.get("sampler", "ddim")
     guidance = float(cpu.sampling.get("guidance", 1.0))
+    samples = int(cpu.sampling.get("samples", 1))
     src, what = source_slices(args.batch, cpu.grid)
     print(f"model: {name}; {sum(p.numel() for p in cpu.net.parameters()):,} parameters")
     print(f"input: {what}, {cpu.grid}x{cpu.grid}")
@@ -111,10 +117,13 @@ def main() -> None:
         f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average before "
         f"{os.getloadavg()[0]:.1f} (a shared machine: figures are noisy)"
     )
-    run = dict(sampler=sampler, guidance=guidance, seed=0)
+    run = dict(sampler=sampler, guidance=guidance, samples=samples, seed=0)
     cpu.translate_slices(src[:1], steps=1, **run)  # warm-up (allocator, LMI tables)
 
-    print(f"\n== default mode (CPU): {sampler}, {steps} steps, guidance {guidance}")
+    print(
+        f"\n== default mode (CPU): {sampler}, {steps} steps, guidance {guidance}, "
+        f"mean of {samples} sample(s)"
+    )
     one = timed(lambda: cpu.translate_slices(src[:1], steps=steps, **run))
     print(f"one slice:        {one:7.2f} s per slice")
     batch = timed(lambda: cpu.translate_slices(src, steps=steps, batch_size=args.batch, **run))
@@ -125,7 +134,7 @@ def main() -> None:
         faithful = faithful_translator(cpu)
         t = timed(
             lambda: faithful.translate_slices(
-                src[:1], steps=k, sampler="ddpm", guidance=1.0, batch_size=1
+                src[:1], steps=k, sampler="ddpm", guidance=1.0, samples=1, batch_size=1
             )
         )
         per_step = t / k

@@ -32,13 +32,6 @@ from midiffusion.train import TrainConfig
 from midiffusion.translate import Translator
 from midiffusion.unet import UNet, UNetConfig
 
-DEFAULT_SAMPLING = {
-    "sampler": "ddim",
-    "steps": 20,
-    "guidance": 1.0,
-    "samples": 1,
-}  # `models publish` defaults
-
 
 def load_translator(device: str) -> tuple[Translator, str]:
     from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
@@ -54,7 +47,7 @@ def load_translator(device: str) -> tuple[Translator, str]:
             "network": config.network,
             "schedule": config.schedule,
             "conditioning": config.conditioning,
-            "sampling": DEFAULT_SAMPLING,
+            "sampling": {},  # the store's DEFAULT_SAMPLING, as `models publish` writes it
         }
         torch.manual_seed(0)
         net = UNet(UNetConfig.from_dict(config.network))
@@ -104,10 +97,10 @@ def main() -> None:
     args = parser.parse_args()
 
     cpu, name = load_translator("cpu")
-    steps = args.steps or int(cpu.sampling.get("steps", 20))
-    sampler = cpu.sampling.get("sampler", "ddim")
-    guidance = float(cpu.sampling.get("guidance", 1.0))
-    samples = int(cpu.sampling.get("samples", 1))
+    steps = args.steps or int(cpu.sampling["steps"])
+    sampler = cpu.sampling["sampler"]
+    guidance = float(cpu.sampling["guidance"])
+    samples = int(cpu.sampling["samples"])
     src, what = source_slices(args.batch, cpu.grid)
     print(f"model: {name}; {sum(p.numel() for p in cpu.net.parameters()):,} parameters")
     print(f"input: {what}, {cpu.grid}x{cpu.grid}")

@@ -112,8 +112,8 @@ def sdedit(
     Uses the same seeded initial noise as ``Translator.translate_slices`` (one field shared by
     every slice), scaled to sigma(t0) and added to the source.
     """
-    steps = int(steps or translator.sampling.get("steps", 20))
-    sample = get_sampler(sampler or translator.sampling.get("sampler", "ddim"))
+    steps = int(steps or translator.sampling["steps"])
+    sample = get_sampler(sampler or translator.sampling["sampler"])
     device = translator.device
     sigmas = sdedit_sigmas(translator.schedule, t0, steps).to(device, torch.float32)
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from midiffusion import baselines, metrics
+from model_store import DEFAULT_SAMPLING
 
 # direction -> (set, source key, ground-truth key or None)
 DIRECTIONS: dict[str, tuple[str, str, str | None]] = {
@@ -502,7 +503,7 @@ def markdown_report(results: dict) -> str:
         model = "No model run (baselines only)"
     else:
         guidance = s["guidance"] if s["guidance"] is not None else m["sampling"].get("guidance")
-        samples = s.get("samples") or m["sampling"].get("samples", 1)
+        samples = s.get("samples") or m["sampling"].get("samples", DEFAULT_SAMPLING["samples"])
         model = (
             f"Model `{m['name']}` v{m['version']} ({m['training_iterations']} training "
             f"iterations, {m['parameters']:,} parameters); sampler "

@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
+from model_store import DEFAULT_SAMPLING, ModelIntegrityError, ModelNotFoundError, ModelStore
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +35,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
     pub.add_argument("--name", required=True)
     pub.add_argument("--target-modality", required=True)
-    pub.add_argument("--sampler", default="ddim")
-    pub.add_argument("--steps", type=int, default=20)
-    pub.add_argument("--guidance", type=float, default=1.0)
-    pub.add_argument("--samples", type=int, default=1, help="translations averaged per slice")
+    pub.add_argument("--sampler", default=DEFAULT_SAMPLING["sampler"])
+    pub.add_argument("--steps", type=int, default=DEFAULT_SAMPLING["steps"])
+    pub.add_argument("--guidance", type=float, default=DEFAULT_SAMPLING["guidance"])
+    pub.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLING["samples"],
+        help="translations averaged per slice",
+    )
     pub.add_argument("--notes", default="")
     pub.add_argument("--licence", action="append", default=[], help="data licence note")
     pub.add_argument("--metrics", type=Path, help="metrics.json to store beside the weights")
@@ -124,7 +129,7 @@ def sample_grid(card: dict, weights: Path, n: int, steps: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, t.grid, t.grid, generator=gen) * sigmas[0]
     denoiser = LMIGuidedDenoiser(t.net, t.schedule, t.spec, None, 0.0, clip=t.clip_denoised)
-    x0 = get_sampler(t.sampling.get("sampler", "ddim"))(denoiser, x, sigmas)
+    x0 = get_sampler(t.sampling["sampler"])(denoiser, x, sigmas)
     imgs = [np.rot90(a) for a in t.spec.to_unit(x0)[:, 0].numpy()]  # anterior up
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))

@@ -31,6 +31,7 @@ from midiffusion.imaging import output_like
 from midiffusion.samplers import get_sampler
 from midiffusion.schedules import DDPMSchedule
 from midiffusion.unet import UNet, UNetConfig
+from model_store import DEFAULT_SAMPLING
 
 # the data recipe's field of view, so inference sees brains at the scale training saw them
 FOV_MARGIN = Recipe().fov_margin
@@ -209,7 +210,7 @@ class Translator:
         self.schedule = DDPMSchedule.from_dict(card["schedule"])
         self.spec = ConditioningSpec.from_dict(card["conditioning"])
         self.grid = int(card["grid_size"])
-        self.sampling = dict(card.get("sampling", {}))
+        self.sampling = {**DEFAULT_SAMPLING, **card.get("sampling", {})}
         # clean models clamp x0 estimates to the data range; the published (faithful) chain does not
         self.clip_denoised = bool(
             self.sampling.get("clip_denoised", self.spec.state == "range_consistent")
@@ -245,10 +246,10 @@ class Translator:
         estimate of the posterior mean, which loses the sampler's invented fine texture (the
         part that cannot match the patient) and costs ``samples`` times the time.
         """
-        steps = int(steps or self.sampling.get("steps", 20))
-        sample = get_sampler(sampler or self.sampling.get("sampler", "ddim"))
-        guidance = float(self.sampling.get("guidance", 1.0) if guidance is None else guidance)
-        samples = int(samples or self.sampling.get("samples", 1))
+        steps = int(steps or self.sampling["steps"])
+        sample = get_sampler(sampler or self.sampling["sampler"])
+        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
+        samples = int(samples or self.sampling["samples"])
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
         batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))

@@ -4,6 +4,7 @@ Torch-free on purpose: the gateway lists and validates models without loading an
 """
 
 from model_store.registry import (
+    DEFAULT_SAMPLING,
     ModelCard,
     ModelIntegrityError,
     ModelNotFoundError,
@@ -13,6 +14,7 @@ from model_store.registry import (
 )
 
 __all__ = [
+    "DEFAULT_SAMPLING",
     "ModelCard",
     "ModelIntegrityError",
     "ModelNotFoundError",

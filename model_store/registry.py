@@ -33,6 +33,11 @@ class ModelIntegrityError(RuntimeError):
     """A model directory is incomplete, or its weights do not match the card's sha256."""
 
 
+# How a model samples when its card and the caller leave a setting out (``models publish``
+# writes these unless told otherwise)
+DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "ddim", "steps": 20, "guidance": 1.0, "samples": 1}
+
+
 class ModelCard(BaseModel):
     """What a model is, how it was made, and how to run it (``model.json``)."""
 
@@ -48,7 +53,7 @@ class ModelCard(BaseModel):
     network: dict[str, Any]
     schedule: dict[str, Any]
     conditioning: dict[str, Any]  # LMI settings and how the noisy state is presented to LMI
-    sampling: dict[str, Any]  # defaults: sampler, steps, guidance
+    sampling: dict[str, Any]  # defaults: sampler, steps, guidance, samples (DEFAULT_SAMPLING)
     training: dict[str, Any]  # data manifest, steps, compute used, final loss
     data_licences: list[str] = Field(default_factory=list)
     created: str = ""

@@ -6,7 +6,9 @@ inside the denoiser (it recomputes the cross-LMI from ``x`` at every call), so a
 never touches the model or the conditioning.
 
 ``callback(i, total, x, denoised)`` runs after every step: translation uses it for progress and
-raises from it to cancel.
+raises from it to cancel. Stochastic samplers draw their step noise from ``noise(x)`` (standard
+normal, shaped like ``x``); by default from ``generator``. Translation passes one noise image
+shared by every slice of a volume, so stochastic sampling keeps neighbouring slices consistent.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+Noise = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _default_noise(generator: torch.Generator | None) -> Noise:
+    def noise(x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+    return noise
 
 
 def _sigma_batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -30,6 +40,7 @@ def sample_ddim(
     sigmas: torch.Tensor,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    noise: Noise | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0), i.e. Euler steps on the probability-flow ODE in VE form."""
     total = len(sigmas) - 1
@@ -49,6 +60,7 @@ def sample_dpmpp_2m(
     sigmas: torch.Tensor,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    noise: Noise | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M): second-order multistep in log-sigma, deterministic."""
     total = len(sigmas) - 1
@@ -80,12 +92,14 @@ def sample_ddpm(
     sigmas: torch.Tensor,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    noise: Noise | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM as published: posterior mean, "fixed large" variance beta_t, and noise at
     the last step too (with the posterior variance of the step before, 5.45e-5 at T = 1000).
 
     Computed in VP variables from the sigmas: abar = 1 / (1 + sigma^2).
     """
+    noise = noise or _default_noise(generator)
     total = len(sigmas) - 1
     abar = 1 / (1 + sigmas.to(torch.float64) ** 2)  # last entry (sigma 0) gives abar = 1
     for i in range(total):
@@ -102,8 +116,39 @@ def sample_ddpm(
         mean = (a_prev.sqrt() * beta / (1 - a_t)) * denoised + (
             alpha.sqrt() * (1 - a_prev) / (1 - a_t)
         ) * x_vp
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = (mean + var.sqrt().to(x.dtype) * noise) / a_prev.sqrt().to(x.dtype)
+        x = (mean + var.sqrt().to(x.dtype) * noise(x)) / a_prev.sqrt().to(x.dtype)
+        if callback is not None:
+            callback(i, total, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+    noise: Noise | None = None,
+) -> torch.Tensor:
+    """Euler ancestral (k-diffusion's, eta = 1): an Euler step down to ``sigma_down``, then fresh
+    noise back up to the next level, ``sigma_down^2 + sigma_up^2 = sigma_next^2``. The last step
+    (to sigma 0) adds none.
+
+    Why it is here: the fresh noise corrects errors of an imperfect denoiser that a deterministic
+    sampler carries to the end. Measured on ``t1w`` v2: DDIM outputs come out too dark (white
+    matter 0.58 instead of 0.90 for T1 -> T1), Euler ancestral ones do not (0.84).
+    """
+    noise = noise or _default_noise(generator)
+    total = len(sigmas) - 1
+    for i in range(total):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, _sigma_batch(s, x))
+        sigma_up = (s_next**2 * (s**2 - s_next**2) / s**2).sqrt()
+        sigma_down = (s_next**2 - sigma_up**2).sqrt()
+        x = x + (x - denoised) / s * (sigma_down - s).to(x.dtype)
+        if s_next > 0:
+            x = x + noise(x) * sigma_up.to(x.dtype)
         if callback is not None:
             callback(i, total, x, denoised)
     return x
@@ -113,6 +158,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
     "dpmpp-2m": sample_dpmpp_2m,
     "ddpm": sample_ddpm,
+    "euler-a": sample_euler_ancestral,
 }
 
 

@@ -31,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     samples.add_argument("-n", type=int, default=16, help="number of samples")
     samples.add_argument("--steps", type=int, default=50)
     samples.add_argument("--seed", type=int, default=0)
+    samples.add_argument("--sampler", help="default: the card's sampler")
     pub = sub.add_parser("publish", help="store a training run's EMA weights as a new version")
     pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
     pub.add_argument("--name", required=True)
@@ -78,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"ok\t{v.card.name} v{v.card.version}\t{v.card.sha256}")
         elif args.action == "samples":
             v = store.verified(args.name, args.version)
-            grid = sample_grid(v.card.model_dump(), v.weights_path, args.n, args.steps, args.seed)
+            grid = sample_grid(
+                v.card.model_dump(), v.weights_path, args.n, args.steps, args.seed, args.sampler
+            )
             from midiffusion.imaging import save_png
 
             save_png(grid, args.out)
@@ -115,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def sample_grid(card: dict, weights: Path, n: int, steps: int, seed: int):
+def sample_grid(
+    card: dict, weights: Path, n: int, steps: int, seed: int, sampler: str | None = None
+):
     """Unconditional samples (guidance 0: the target prior alone) tiled into one image."""
     import numpy as np
     import torch
@@ -129,7 +134,7 @@ def sample_grid(card: dict, weights: Path, n: int, steps: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, t.grid, t.grid, generator=gen) * sigmas[0]
     denoiser = LMIGuidedDenoiser(t.net, t.schedule, t.spec, None, 0.0, clip=t.clip_denoised)
-    x0 = get_sampler(t.sampling["sampler"])(denoiser, x, sigmas)
+    x0 = get_sampler(sampler or t.sampling["sampler"])(denoiser, x, sigmas, generator=gen)
     imgs = [np.rot90(a) for a in t.spec.to_unit(x0)[:, 0].numpy()]  # anterior up
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))

@@ -84,3 +84,13 @@ def test_unconditional_sample_grid(tiny_model_store):
     assert grid.min() >= 0 and grid.max() <= 1
     tiles = [grid[:32, :32], grid[:32, 32:64]]
     assert not np.array_equal(*tiles)  # independent noise per sample
+
+
+def test_unconditional_sample_grid_with_a_stochastic_sampler_repeats_its_seed(tiny_model_store):
+    from midiffusion.models_cli import sample_grid
+
+    v = tiny_model_store.verified("tiny")
+    card = v.card.model_dump()
+    a, b = (sample_grid(card, v.weights_path, 2, 3, seed=1, sampler="euler-a") for _ in range(2))
+    ddim = sample_grid(card, v.weights_path, 2, 3, seed=1, sampler="ddim")
+    assert np.array_equal(a, b) and not np.array_equal(a, ddim)

@@ -23,7 +23,7 @@ import torch
 
 from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.metrics import nmi
-from midiffusion.samplers import get_sampler
+from midiffusion.samplers import get_sampler, shared_noise
 
 PRIOR_QUANTILES = 4096
 
@@ -110,7 +110,8 @@ def sdedit(
     """SDEdit translation of (N, G, G) grid slices in [0,1] with a ``Translator``'s network.
 
     Uses the same seeded initial noise as ``Translator.translate_slices`` (one field shared by
-    every slice), scaled to sigma(t0) and added to the source.
+    every slice), scaled to sigma(t0) and added to the source, and the same shared step noise
+    when the sampler is stochastic.
     """
     steps = int(steps or translator.sampling["steps"])
     sample = get_sampler(sampler or translator.sampling["sampler"])
@@ -141,6 +142,6 @@ def sdedit(
             if progress is not None:
                 progress(b * n_steps + i + 1, len(batches) * n_steps)
 
-        x0 = sample(denoiser, x, sigmas, callback=callback, generator=gen)
+        x0 = sample(denoiser, x, sigmas, callback=callback, noise=shared_noise(seed, 0))
         out[idx.start : idx.stop] = translator.spec.to_unit(x0)[:, 0].float().cpu().numpy()
     return out

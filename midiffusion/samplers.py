@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,6 +32,21 @@ def _default_noise(generator: torch.Generator | None) -> Noise:
 
 def _sigma_batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sigma.to(x.dtype).expand(x.shape[0])
+
+
+def shared_noise(seed: int, draw: int) -> Noise:
+    """Step noise for stochastic samplers: one image per step, the same for every item of a batch
+    (the slices of a volume), from a generator seeded by ``(seed, draw)``. Call it once per batch
+    and every batch gets the same sequence, so slices stay consistent across batches too."""
+    gen = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
+    )
+
+    def noise(x: torch.Tensor) -> torch.Tensor:
+        one = torch.randn((1, *x.shape[1:]), generator=gen, dtype=x.dtype)
+        return one.to(x.device).expand_as(x)
+
+    return noise
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from midiffusion.conditioning import ConditioningSpec
 from midiffusion.data.recipe import Recipe
 from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.imaging import output_like
-from midiffusion.samplers import get_sampler
+from midiffusion.samplers import get_sampler, shared_noise
 from midiffusion.schedules import DDPMSchedule
 from midiffusion.unet import UNet, UNetConfig
 from model_store import DEFAULT_SAMPLING
@@ -197,20 +197,6 @@ def from_grid(geom: SliceGeometry, grid_slices: np.ndarray) -> np.ndarray:
     return apply_orientation(ras, ornt_transform(axcodes2ornt("RAS"), geom.ornt))
 
 
-def _shared_noise(seed: int, draw: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Step noise for stochastic samplers: one image per step, the same for every slice and
-    every batch of a volume (the generator restarts for each batch), so slices stay consistent."""
-    gen = torch.Generator().manual_seed(
-        int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
-    )
-
-    def noise(x: torch.Tensor) -> torch.Tensor:
-        one = torch.randn((1, *x.shape[1:]), generator=gen, dtype=x.dtype)
-        return one.to(x.device).expand_as(x)
-
-    return noise
-
-
 # --------------------------------------------------------------------------------------------
 # the translator
 # --------------------------------------------------------------------------------------------
@@ -296,7 +282,7 @@ class Translator:
 
             for draw, noise in enumerate(noises):
                 x = noise.expand(len(idx), -1, -1, -1) * sigmas[0]
-                x0 = sample(denoiser, x, sigmas, callback=callback, noise=_shared_noise(seed, draw))
+                x0 = sample(denoiser, x, sigmas, callback=callback, noise=shared_noise(seed, draw))
                 out[idx.start : idx.stop] += self.spec.to_unit(x0)[:, 0].float().cpu().numpy()
         return out / samples
 

@@ -11,6 +11,7 @@ from midiffusion.samplers import (
     sample_ddpm,
     sample_dpmpp_2m,
     sample_euler_ancestral,
+    shared_noise,
 )
 from midiffusion.schedules import DDPMSchedule, ve_to_vp, vp_to_ve
 
@@ -107,6 +108,16 @@ def test_stochastic_samplers_draw_their_noise_from_the_noise_callable():
         ones = _recording_ones(shapes)
         assert sampler(_gaussian_denoiser(0, 1), x, sigmas, noise=ones).abs().sum() > 0
         assert shapes and set(shapes) == {(3, 1, 2, 2)}
+
+
+def test_shared_noise_is_one_image_per_step_repeated_per_batch():
+    x = torch.zeros(3, 1, 4, 4)
+    first, again, other = shared_noise(0, 0), shared_noise(0, 0), shared_noise(0, 1)
+    a1, a2 = first(x), first(x)
+    assert all(torch.equal(a1[0], a1[k]) for k in (1, 2))  # every slice the same
+    assert not torch.equal(a1, a2)  # a new image each step
+    assert torch.equal(again(x[:1])[0], a1[0])  # a later batch replays the sequence
+    assert not torch.equal(other(x), a1)  # another draw, another sequence
 
 
 def _recording_ones(shapes: list[tuple[int, ...]]):

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from midiffusion import baselines, metrics
-from model_store import DEFAULT_SAMPLING
+from model_store import DEFAULT_SAMPLING, SAMPLER_NAMES
 
 # direction -> (set, source key, ground-truth key or None)
 DIRECTIONS: dict[str, tuple[str, str, str | None]] = {
@@ -642,7 +642,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--slices", type=int, help="evenly spaced slices per direction (all)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
-    parser.add_argument("--sampler", choices=("ddim", "dpmpp-2m", "ddpm"))
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES)
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--samples", type=int, help="translations averaged per slice (card's)")
     parser.add_argument("--sdedit-t0", type=int, default=500, help="SDEdit start timestep")

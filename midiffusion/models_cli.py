@@ -7,7 +7,13 @@ import json
 import tempfile
 from pathlib import Path
 
-from model_store import DEFAULT_SAMPLING, ModelIntegrityError, ModelNotFoundError, ModelStore
+from model_store import (
+    DEFAULT_SAMPLING,
+    SAMPLER_NAMES,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    ModelStore,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     samples.add_argument("-n", type=int, default=16, help="number of samples")
     samples.add_argument("--steps", type=int, default=50)
     samples.add_argument("--seed", type=int, default=0)
-    samples.add_argument("--sampler", help="default: the card's sampler")
+    samples.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the card's sampler")
     pub = sub.add_parser("publish", help="store a training run's EMA weights as a new version")
     pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
     pub.add_argument("--name", required=True)
     pub.add_argument("--target-modality", required=True)
-    pub.add_argument("--sampler", default=DEFAULT_SAMPLING["sampler"])
+    pub.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLING["sampler"])
     pub.add_argument("--steps", type=int, default=DEFAULT_SAMPLING["steps"])
     pub.add_argument("--guidance", type=float, default=DEFAULT_SAMPLING["guidance"])
     pub.add_argument(

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from midiffusion.imaging import NIFTI_SUFFIXES, ImageFormatError
+from model_store import SAMPLER_NAMES
 
 PNG_SUFFIX = ".png"
 FAITHFUL_DEFAULTS = {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "samples": 1}
@@ -41,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", type=Path, required=True, help="output .nii, .nii.gz or .png"
     )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
-    parser.add_argument("--sampler", choices=("ddim", "dpmpp-2m", "ddpm"))
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES)
     parser.add_argument("--guidance", type=float, help="LMI guidance weight (default: card's)")
     parser.add_argument(
         "--samples", type=int, help="average this many translations (default: the card's)"

@@ -5,6 +5,7 @@ Torch-free on purpose: the gateway lists and validates models without loading an
 
 from model_store.registry import (
     DEFAULT_SAMPLING,
+    SAMPLER_NAMES,
     ModelCard,
     ModelIntegrityError,
     ModelNotFoundError,
@@ -15,6 +16,7 @@ from model_store.registry import (
 
 __all__ = [
     "DEFAULT_SAMPLING",
+    "SAMPLER_NAMES",
     "ModelCard",
     "ModelIntegrityError",
     "ModelNotFoundError",

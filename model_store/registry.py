@@ -36,6 +36,9 @@ class ModelIntegrityError(RuntimeError):
 # How a model samples when its card and the caller leave a setting out (``models publish``
 # writes these unless told otherwise)
 DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "ddim", "steps": 20, "guidance": 1.0, "samples": 1}
+# the samplers of ``midiffusion/samplers.py`` by name (a test keeps the two equal), for the
+# command lines that must not import torch to offer them
+SAMPLER_NAMES = ("ddim", "dpmpp-2m", "ddpm", "euler-a")
 
 
 class ModelCard(BaseModel):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from midiffusion.samplers import (
+    SAMPLERS,
     get_sampler,
     sample_ddim,
     sample_ddpm,
@@ -14,6 +15,7 @@ from midiffusion.samplers import (
     shared_noise,
 )
 from midiffusion.schedules import DDPMSchedule, ve_to_vp, vp_to_ve
+from model_store import SAMPLER_NAMES
 
 
 def test_published_schedule_values():
@@ -138,5 +140,6 @@ def test_samplers_call_back_every_step_and_unknown_name():
         callback=lambda i, n, x, d: calls.append((i, n)),
     )
     assert calls == [(i, 5) for i in range(5)]
+    assert tuple(SAMPLERS) == SAMPLER_NAMES  # the torch-free list the command lines offer
     with pytest.raises(ValueError, match="accepted: ddim"):
         get_sampler("euler-maruyama")

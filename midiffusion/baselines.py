@@ -10,8 +10,8 @@
   apart: the choice is close to arbitrary, which is why the two are also reported separately.
 - ``sdedit``: SDEdit (Meng et al. 2022) with the project's network and the condition dropped
   (guidance 0, the unconditional prior learnt through condition dropout): the source, mapped to
-  the model's data range, is noised to timestep ``t0`` and denoised by the deterministic sampler
-  from there.
+  the model's data range, is noised to timestep ``t0`` and denoised from there by the model
+  card's sampler.
 """
 
 from __future__ import annotations

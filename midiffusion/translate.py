@@ -6,8 +6,9 @@ one field of view per volume: the foreground's in-plane bounding box, larger sid
 recipe the training and evaluation sets are built with (``midiffusion/data``). Results are mapped
 back to the input's own voxels, array layout, affine and header. Background stays background.
 
-Consistency between slices: every slice starts from the same initial noise (seeded) and the
-default samplers are deterministic, so neighbouring slices with similar sources take similar paths.
+Consistency between slices: every slice starts from the same initial noise (seeded), and the
+stochastic samplers add the same step noise to every slice (``samplers.shared_noise``), so
+neighbouring slices with similar sources take similar paths.
 """
 
 from __future__ import annotations

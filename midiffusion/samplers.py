@@ -152,8 +152,8 @@ def sample_euler_ancestral(
     (to sigma 0) adds none.
 
     Why it is here: the fresh noise corrects errors of an imperfect denoiser that a deterministic
-    sampler carries to the end. Measured on ``t1w`` v2: DDIM outputs come out too dark (white
-    matter 0.58 instead of 0.90 for T1 -> T1), Euler ancestral ones do not (0.84).
+    sampler carries to the end. Measured on ``t1w`` v2, MNI T1 -> T1 at 20 steps: DDIM's white
+    matter comes out at 0.59 where the truth is 0.90, Euler ancestral's at 0.87.
     """
     noise = noise or _default_noise(generator)
     total = len(sigmas) - 1

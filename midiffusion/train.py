@@ -352,8 +352,9 @@ class Trainer:
 
 
 def init_from_store(trainer: Trainer, ref: str) -> None:
-    """Warm start: the stored EMA weights become both the weights and the EMA; the step count
-    continues from the card's iterations. Adam's moments start fresh."""
+    """Warm start: the stored EMA weights become both the weights and the EMA; the step count and
+    the compute used continue from the card's, so the next card counts the whole history. Adam's
+    moments start fresh."""
     from model_store import ModelStore
 
     name, _, version = ref.partition(":")
@@ -367,6 +368,7 @@ def init_from_store(trainer: Trainer, ref: str) -> None:
     trainer.net.load_state_dict(state)
     trainer.ema.load_state_dict(state)
     trainer.step = int(card.training.get("iterations", 0))
+    trainer.compute_seconds = float(card.training.get("compute", {}).get("seconds", 0.0))
     print(f"initialised from {name} v{card.version} at step {trainer.step}")
 
 

@@ -124,6 +124,7 @@ def test_warm_start_from_a_stored_model(data, tmp_path, tiny_model_store, monkey
     trainer = Trainer(TrainConfig.load("tiny"), data, tmp_path)
     init_from_store(trainer, "tiny:1")
     assert trainer.step == card.training["iterations"]
+    assert trainer.compute()["seconds"] == card.training["compute"]["seconds"] > 0
     stored = load_file(str(tiny_model_store.verified("tiny").weights_path))
     for k, v in trainer.net.state_dict().items():
         assert torch.equal(v, stored[k]), k

@@ -34,6 +34,13 @@ def _sigma_batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sigma.to(x.dtype).expand(x.shape[0])
 
 
+def _euler_step(
+    x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_to: torch.Tensor
+) -> torch.Tensor:
+    """One Euler step of the probability-flow ODE from ``sigma`` to ``sigma_to`` (VE form)."""
+    return x + (x - denoised) / sigma * (sigma_to - sigma).to(x.dtype)
+
+
 def shared_noise(seed: int, draw: int) -> Noise:
     """Step noise for stochastic samplers: one image per step, the same for every item of a batch
     (the slices of a volume), from a generator seeded by ``(seed, draw)``. Call it once per batch
@@ -62,8 +69,7 @@ def sample_ddim(
     total = len(sigmas) - 1
     for i in range(total):
         denoised = denoiser(x, _sigma_batch(sigmas[i], x))
-        d = (x - denoised) / sigmas[i]
-        x = x + d * (sigmas[i + 1] - sigmas[i]).to(x.dtype)
+        x = _euler_step(x, denoised, sigmas[i], sigmas[i + 1])
         if callback is not None:
             callback(i, total, x, denoised)
     return x
@@ -162,7 +168,7 @@ def sample_euler_ancestral(
         denoised = denoiser(x, _sigma_batch(s, x))
         sigma_up = (s_next**2 * (s**2 - s_next**2) / s**2).sqrt()
         sigma_down = (s_next**2 - sigma_up**2).sqrt()
-        x = x + (x - denoised) / s * (sigma_down - s).to(x.dtype)
+        x = _euler_step(x, denoised, s, sigma_down)  # DDIM's step, to sigma_down
         if s_next > 0:
             x = x + noise(x) * sigma_up.to(x.dtype)
         if callback is not None:

@@ -109,6 +109,22 @@ def test_run_to_success(store: JobStore) -> None:
     assert final is not None and final.state is JobState.SUCCEEDED and final.step == 3
 
 
+def test_finish_takes_only_terminal_states_and_only_running_jobs(store: JobStore) -> None:
+    job_id = new_id()
+    store.create(job_id, spec(job_id))
+    with pytest.raises(ValueError, match="terminal state"):
+        store.finish(job_id, JobState.RUNNING, now=1001.0)
+    # A job no worker has started cannot be finished: it stays queued.
+    unchanged = store.finish(job_id, JobState.FAILED, now=1002.0, error=JobError("x", "y"))
+    assert unchanged is not None
+    assert (unchanged.state, unchanged.error, unchanged.finished_at) == (
+        JobState.QUEUED,
+        None,
+        None,
+    )
+    assert store.finish(new_id(), JobState.SUCCEEDED, now=1003.0) is None
+
+
 def test_cancel_queued_job_never_starts(store: JobStore) -> None:
     job_id = new_id()
     store.create(job_id, spec(job_id))

@@ -135,7 +135,6 @@ class JobStore(ABC):
     @abstractmethod
     def cancel_requested(self, job_id: str) -> bool: ...
 
-    @abstractmethod
     def finish(
         self,
         job_id: str,
@@ -146,6 +145,16 @@ class JobStore(ABC):
         output: JobOutput | None = None,
     ) -> JobRecord | None:
         """Running -> terminal. Returns the record, unchanged if it was no longer running."""
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"finish() needs a terminal state, not {state}")
+        self._finish_if_running(job_id, state, now, finish_fields(error, output))
+        return self.get(job_id)
+
+    @abstractmethod
+    def _finish_if_running(
+        self, job_id: str, state: JobState, now: float, fields: dict[str, str]
+    ) -> None:
+        """Atomically: if the job is running, make it ``state`` and store ``fields``."""
 
     @abstractmethod
     def request_cancel(self, job_id: str, *, now: float) -> JobRecord | None:

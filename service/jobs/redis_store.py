@@ -8,18 +8,14 @@ import json
 import redis
 
 from service.jobs.base import (
-    TERMINAL_STATES,
     WORKER_LOST_TEMPLATE,
     IdempotencyHit,
-    JobError,
-    JobOutput,
     JobRecord,
     JobSpec,
     JobState,
     JobStore,
     StartOutcome,
     StartResult,
-    finish_fields,
     record_from_fields,
 )
 
@@ -182,29 +178,13 @@ class RedisJobStore(JobStore):
     def cancel_requested(self, job_id: str) -> bool:
         return self.client.hget(self._job_key(job_id), "cancel") == "1"
 
-    def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        now: float,
-        error: JobError | None = None,
-        output: JobOutput | None = None,
-    ) -> JobRecord | None:
-        if state not in TERMINAL_STATES:
-            raise ValueError(f"finish() needs a terminal state, not {state}")
+    def _finish_if_running(
+        self, job_id: str, state: JobState, now: float, fields: dict[str, str]
+    ) -> None:
         self._finish(
             keys=[self._job_key(job_id), self._expiry_key],
-            args=[
-                job_id,
-                state.value,
-                repr(now),
-                self.retention_s,
-                _PREFIX,
-                json.dumps(finish_fields(error, output)),
-            ],
+            args=[job_id, state.value, repr(now), self.retention_s, _PREFIX, json.dumps(fields)],
         )
-        return self.get(job_id)
 
     def request_cancel(self, job_id: str, *, now: float) -> JobRecord | None:
         before = self._cancel(

@@ -8,18 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from service.jobs.base import (
-    TERMINAL_STATES,
     WORKER_LOST,
     IdempotencyHit,
-    JobError,
-    JobOutput,
     JobRecord,
     JobSpec,
     JobState,
     JobStore,
     StartOutcome,
     StartResult,
-    finish_fields,
     record_from_fields,
     worker_lost_message,
 )
@@ -164,22 +160,13 @@ class SQLiteJobStore(JobStore):
         row = self._db().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row["cancel"])
 
-    def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        now: float,
-        error: JobError | None = None,
-        output: JobOutput | None = None,
-    ) -> JobRecord | None:
-        if state not in TERMINAL_STATES:
-            raise ValueError(f"finish() needs a terminal state, not {state}")
+    def _finish_if_running(
+        self, job_id: str, state: JobState, now: float, fields: dict[str, str]
+    ) -> None:
         with self._tx() as db:
             row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row and row["state"] == "running":
-                self._finish_in(db, job_id, state, now, **finish_fields(error, output))
-        return self.get(job_id)
+                self._finish_in(db, job_id, state, now, **fields)
 
     def request_cancel(self, job_id: str, *, now: float) -> JobRecord | None:
         with self._tx() as db:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from celery import Celery
 from fastapi import FastAPI
@@ -17,6 +20,7 @@ from service.context import GatewayContext, ModelCatalog
 from service.jobs import JobStore, open_job_store
 from service.metrics import RequestMetricsMiddleware
 from service.problems import install_problem_handlers
+from service.queueing import requeue_unsent
 from service.routers import health, jobs, metrics, models, translate
 from service.settings import GatewaySettings
 from service.storage import LocalStorage
@@ -24,14 +28,21 @@ from service.storage import LocalStorage
 log = logging.getLogger("midiffusion.service")
 
 
-async def _cleanup_loop(ctx: GatewayContext) -> None:
-    interval = ctx.settings.cleanup_interval_s
+async def _every(interval_s: int, what: str, sweep: Callable[[], object]) -> None:
     while True:
         try:
-            await run_in_threadpool(cleanup_expired, ctx.jobs, ctx.storage)
+            await run_in_threadpool(sweep)
         except Exception:  # a failed sweep is retried on the next tick
-            log.exception("cleanup failed")
-        await asyncio.sleep(interval)
+            log.exception("%s failed", what)
+        await asyncio.sleep(interval_s)
+
+
+def _requeue_at_start(ctx: GatewayContext) -> None:
+    if not ctx.settings.redis_url:
+        # The embedded mode's queue lived in the memory of the process that stopped: every
+        # unfinished job's task went with it (a running one counts as a redelivery).
+        ctx.jobs.mark_unfinished_unsent()
+        requeue_unsent(ctx.celery, ctx.jobs, created_before=math.inf)
 
 
 def create_app(
@@ -60,14 +71,25 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = None
+        await run_in_threadpool(_requeue_at_start, ctx)
+        tasks = []
         if settings.cleanup_interval_s > 0:
-            task = asyncio.create_task(_cleanup_loop(ctx))
+            sweep = partial(cleanup_expired, ctx.jobs, ctx.storage)
+            tasks.append(_every(settings.cleanup_interval_s, "cleanup", sweep))
+        if settings.requeue_interval_s > 0:
+            # a job is requeued once it has gone a whole interval unsent
+            def requeue() -> object:
+                cutoff = time.time() - settings.requeue_interval_s
+                return requeue_unsent(ctx.celery, ctx.jobs, created_before=cutoff)
+
+            tasks.append(_every(settings.requeue_interval_s, "requeue", requeue))
+        running = [asyncio.create_task(t) for t in tasks]
         try:
             yield
         finally:
-            if task is not None:
+            for task in running:
                 task.cancel()
+            for task in running:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 

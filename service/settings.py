@@ -62,6 +62,12 @@ class GatewaySettings(CommonSettings):
     cleanup_interval_s: int = Field(
         default=600, ge=0, description="seconds between cleanups of expired jobs; 0 = never"
     )
+    requeue_interval_s: int = Field(
+        default=30,
+        ge=0,
+        description="seconds between checks for jobs whose task never reached the queue "
+        "(a gateway stopped between recording and sending); 0 = only at start",
+    )
 
     @property
     def max_upload_bytes(self) -> int:

@@ -3,6 +3,7 @@ a real socket (uvicorn), with Celery's in-memory transport and SQLite job record
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,14 +34,14 @@ def _env(**values: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_store) -> Iterator[dict]:
-    tmp = tmp_path_factory.mktemp("embedded")
+@contextlib.contextmanager
+def serving(tmp: Path, model_root: Path) -> Iterator[dict]:
+    """``midiffusion serve`` in embedded mode on a free port, storage under ``tmp``."""
     port = _free_port()
-    log_path = tmp / "serve.log"
+    log_path = tmp / f"serve-{port}.log"
     env = _env(
         MIDIFF_STORAGE_DIR=str(tmp / "storage"),
-        MIDIFF_MODEL_DIR=str(tiny_model_store.root),
+        MIDIFF_MODEL_DIR=str(model_root),
         MIDIFF_API_KEYS=API_KEY,
         MIDIFF_MAX_UPLOAD_MB="1",
         MIDIFF_DEVICE="cpu",
@@ -65,14 +66,21 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_store) -> Iterat
 
     try:
         wait_for(ready, timeout=90, interval=0.2, what="midiffusion serve to be ready")
-        yield {"base": base, "tmp": tmp, "storage": tmp / "storage", "log": log_path}
+        yield {"base": base, "tmp": tmp, "storage": tmp / "storage", "log": log_path, "proc": proc}
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_store) -> Iterator[dict]:
+    with serving(tmp_path_factory.mktemp("embedded"), tiny_model_store.root) as running:
+        yield running
 
 
 def test_embedded_mode_translates_end_to_end(server: dict) -> None:
@@ -130,6 +138,52 @@ def test_embedded_mode_caps_a_streamed_upload(server: dict) -> None:
         assert client.get("/health/live").status_code == 200
     after = [f for f in files_under(server["storage"]) if not f.startswith("jobs.sqlite3")]
     assert after == [f for f in before if not f.startswith("jobs.sqlite3")]  # nothing kept
+
+
+def test_jobs_survive_a_killed_embedded_server(tmp_path: Path, tiny_model_store) -> None:
+    """The in-memory queue dies with the process; the job records in SQLite do not. The next
+    start sends the unfinished jobs' tasks again: the running one as a second attempt."""
+    source = write_nifti(tmp_path / "scan.nii.gz", (32, 32, 2))
+
+    def submit(client: httpx.Client, steps: int) -> str:
+        with open(source, "rb") as fh:
+            response = client.post(
+                "/translate", files={"file": ("scan.nii.gz", fh)}, data={"steps": str(steps)}
+            )
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    with (
+        serving(tmp_path, tiny_model_store.root) as first,
+        httpx.Client(base_url=first["base"], headers=AUTH, timeout=30) as client,
+    ):
+        running = submit(client, 40)
+        queued = submit(client, 2)
+        wait_for(
+            lambda: client.get(f"/jobs/{running}").json()["progress"]["step"] >= 1,
+            timeout=120,
+            what="the first job to report progress",
+        )
+        first["proc"].kill()  # no shutdown: the queue and the worker vanish mid-job
+        first["proc"].wait()
+
+    with (
+        serving(tmp_path, tiny_model_store.root) as second,
+        httpx.Client(base_url=second["base"], headers=AUTH, timeout=30) as client,
+    ):
+
+        def finished(job_id: str) -> dict | None:
+            job = client.get(f"/jobs/{job_id}").json()
+            return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+        jobs = {
+            job_id: wait_for(lambda j=job_id: finished(j), timeout=180, what=job_id)
+            for job_id in (running, queued)
+        }
+    assert jobs[running]["state"] == "succeeded", jobs[running]["error"]
+    assert jobs[queued]["state"] == "succeeded", jobs[queued]["error"]
+    assert (jobs[running]["attempts"], jobs[queued]["attempts"]) == (2, 1)
+    assert "never reached the queue" in second["log"].read_text()
 
 
 def test_serve_refuses_to_start_without_api_keys(tmp_path: Path) -> None:

@@ -125,6 +125,34 @@ def test_finish_takes_only_terminal_states_and_only_running_jobs(store: JobStore
     assert store.finish(new_id(), JobState.SUCCEEDED, now=1003.0) is None
 
 
+def test_unsent_jobs_are_listed_until_sent_or_taken_by_a_worker(store: JobStore) -> None:
+    old, taken, new = new_id(), new_id(), new_id()
+    store.create(old, spec(old, created=1000.0))
+    store.create(taken, spec(taken, created=1000.0))
+    store.create(new, spec(new, created=2000.0))
+    assert store.unsent(1500.0) == sorted([old, taken])  # the cut-off spares recent jobs
+    store.mark_sent(old)
+    store.start(taken, max_attempts=3, worker="w1", now=1010.0)  # a worker got its task
+    assert store.unsent(1500.0) == []
+    assert store.unsent(3000.0) == [new]
+    store.mark_sent(new_id())  # an unknown job is not created by marking it
+    assert store.unsent(3000.0) == [new]
+
+
+def test_a_lost_queue_makes_every_unfinished_job_unsent(store: JobStore) -> None:
+    queued, running, done = new_id(), new_id(), new_id()
+    for job_id in (queued, running, done):
+        store.create(job_id, spec(job_id))
+        store.mark_sent(job_id)
+    store.start(running, max_attempts=3, worker="w1", now=1010.0)
+    store.start(done, max_attempts=3, worker="w1", now=1010.0)
+    store.finish(done, JobState.SUCCEEDED, now=1020.0)
+    assert store.unsent(float("inf")) == []
+    assert store.mark_unfinished_unsent() == 2
+    assert store.unsent(float("inf")) == sorted([queued, running])
+    assert store.get(done).state is JobState.SUCCEEDED  # type: ignore[union-attr]
+
+
 def test_cancel_queued_job_never_starts(store: JobStore) -> None:
     job_id = new_id()
     store.create(job_id, spec(job_id))
@@ -206,3 +234,26 @@ def test_cleanup_removes_expired_jobs_files_and_frees_the_key(
     assert store.create(reused, spec(reused, idem=f"key-{old}"), fingerprint="fp") is None
     assert store.create(new_id(), spec(new_id(), idem=f"key-{fresh}"), fingerprint="fp")
     assert store.count_by_state()[JobState.SUCCEEDED] == 1
+
+
+def test_a_job_file_from_before_the_sent_column_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    from service.jobs.sqlite_store import _SCHEMA
+
+    old_schema = _SCHEMA.replace(",\n    sent INTEGER NOT NULL DEFAULT 1", "")
+    assert "sent" not in old_schema
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.execute(
+            "INSERT INTO jobs (id, spec, state) VALUES (?, ?, 'queued')",
+            ("j1", spec("j1").model_dump_json()),
+        )
+    store = SQLiteJobStore(path, RETENTION)
+    try:
+        assert store.unsent(float("inf")) == []  # its task was sent by the code of its time
+        assert store.mark_unfinished_unsent() == 1
+        assert store.unsent(float("inf")) == ["j1"]
+    finally:
+        store.close()

@@ -7,6 +7,9 @@ running job; and a job whose worker keeps dying ends ``failed`` with the reason.
 from __future__ import annotations
 
 import io
+import shutil
+import time
+import uuid
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +30,7 @@ from test_service_support import (
 )
 
 from service.app import create_app
+from service.queueing import requeue_unsent
 
 pytestmark = pytest.mark.slow
 LONG_STEPS = 400  # far more than any test waits for: such a job only ends by cancel or kill
@@ -154,6 +158,30 @@ def test_cancel_a_running_job_and_a_queued_one(service: Service) -> None:
     assert never["state"] == "cancelled"
     assert never["attempts"] == 0 and never["timings"]["started_at"] is None
     assert not (service.storage / "out" / f"{queued['id']}.nii.gz").exists()
+
+
+def test_a_job_recorded_but_never_sent_is_requeued_and_runs(service: Service) -> None:
+    """As if a gateway stopped between recording a job and sending its task."""
+    ctx = service.client.app.state.ctx
+    source = write_nifti(service.tmp / "stranded.nii.gz", (32, 32, 2))
+    template = service.wait_state(service.submit(source, steps=2)["id"], "succeeded", "failed")
+    recorded = ctx.jobs.get(template["id"])
+    job_id = uuid.uuid4().hex
+    key = ctx.storage.key("in", job_id, ".nii.gz")
+    partial = ctx.storage.partial_path(key)
+    shutil.copyfile(source, partial)
+    ctx.storage.commit(partial, key)
+    ctx.jobs.create(
+        job_id, recorded.spec.model_copy(update={"input_key": key, "created_at": time.time() - 60})
+    )
+    assert ctx.jobs.unsent(time.time() - 30) == [job_id]
+    assert service.job(job_id)["state"] == "queued"
+
+    assert requeue_unsent(ctx.celery, ctx.jobs, created_before=time.time() - 30) == [job_id]
+    done = service.wait_state(job_id, "succeeded", "failed")
+    assert done["state"] == "succeeded", done["error"]
+    assert done["attempts"] == 1
+    assert ctx.jobs.unsent(time.time()) == []
 
 
 def test_a_bad_image_fails_with_the_translators_reason(service: Service) -> None:

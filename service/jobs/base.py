@@ -130,6 +130,20 @@ class JobStore(ABC):
         """A worker took the job's task (first delivery or a redelivery after a lost worker)."""
 
     @abstractmethod
+    def mark_sent(self, job_id: str) -> None:
+        """The job's task reached the queue (the gateway sent it, or a worker took it)."""
+
+    @abstractmethod
+    def unsent(self, created_before: float) -> list[str]:
+        """Queued or running jobs, created before ``created_before``, whose task is not known to
+        have reached the queue."""
+
+    @abstractmethod
+    def mark_unfinished_unsent(self) -> int:
+        """Forget that the tasks of queued and running jobs were sent (the queue that held them
+        is gone, as the embedded mode's in-memory one is after a restart). Returns how many."""
+
+    @abstractmethod
     def set_progress(self, job_id: str, step: int, total: int) -> None: ...
 
     @abstractmethod

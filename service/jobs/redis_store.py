@@ -29,7 +29,7 @@ if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'state', 'queued', 'attempts', 0, 'step', 0,
-           'total', 0, 'cancel', 0)
+           'total', 0, 'cancel', 0, 'sent', 0)
 redis.call('SADD', KEYS[2], ARGV[1])
 return false
 """
@@ -59,7 +59,7 @@ if state == 'queued' then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[4])
   redis.call('SMOVE', ARGV[6] .. 'state:queued', ARGV[6] .. 'state:running', ARGV[1])
 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[3], 'step', 0)
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[3], 'step', 0, 'sent', 1)
 return {'run'}
 """
 
@@ -80,6 +80,25 @@ for k, v in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[1], k, v) en
 redis.call('SMOVE', ARGV[5] .. 'state:running', ARGV[5] .. 'state:' .. ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
 return 1
+"""
+
+# KEYS: job. Only an existing record is marked (a deleted job must not come back as a stub).
+_LUA_MARK_SENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'sent', 1) end
+return 0
+"""
+
+# KEYS: queued-set, running-set. ARGV: prefix.
+_LUA_MARK_UNSENT = """
+local n = 0
+for _, id in ipairs(redis.call('SUNION', KEYS[1], KEYS[2])) do
+  local key = ARGV[1] .. 'job:' .. id
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'sent', 0)
+    n = n + 1
+  end
+end
+return n
 """
 
 # KEYS: job, expiry-zset. ARGV: id, now, retention, prefix.
@@ -125,6 +144,8 @@ class RedisJobStore(JobStore):
         self._progress = self.client.register_script(_LUA_PROGRESS)
         self._finish = self.client.register_script(_LUA_FINISH)
         self._cancel = self.client.register_script(_LUA_CANCEL)
+        self._mark_sent = self.client.register_script(_LUA_MARK_SENT)
+        self._mark_unsent = self.client.register_script(_LUA_MARK_UNSENT)
         self._delete = self.client.register_script(_LUA_DELETE)
 
     @staticmethod
@@ -171,6 +192,31 @@ class RedisJobStore(JobStore):
             ],
         )
         return StartResult(StartOutcome(outcome), self.get(job_id))
+
+    def mark_sent(self, job_id: str) -> None:
+        self._mark_sent(keys=[self._job_key(job_id)])
+
+    def _unfinished_ids(self) -> list[str]:
+        return sorted(self.client.sunion(f"{_PREFIX}state:queued", f"{_PREFIX}state:running"))
+
+    def unsent(self, created_before: float) -> list[str]:
+        ids = self._unfinished_ids()
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._job_key(job_id), "sent", "spec")
+        found = []
+        for job_id, (sent, spec) in zip(ids, pipe.execute(), strict=True):
+            # a record without the field predates it, and its task was sent when it was made
+            if sent == "0" and spec and json.loads(spec)["created_at"] < created_before:
+                found.append(job_id)
+        return found
+
+    def mark_unfinished_unsent(self) -> int:
+        return int(
+            self._mark_unsent(
+                keys=[f"{_PREFIX}state:queued", f"{_PREFIX}state:running"], args=[_PREFIX]
+            )
+        )
 
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         self._progress(keys=[self._job_key(job_id)], args=[step, total])

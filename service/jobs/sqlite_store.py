@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_bytes INTEGER,
     worker TEXT,
     idem_key TEXT UNIQUE,
-    fingerprint TEXT
+    fingerprint TEXT,
+    sent INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs (expires_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -57,6 +58,9 @@ class SQLiteJobStore(JobStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # executescript manages its own transaction
+        columns = {row["name"] for row in self._db().execute("PRAGMA table_info(jobs)")}
+        if "sent" not in columns:  # a file from before the column: its jobs' tasks were sent
+            self._db().execute("ALTER TABLE jobs ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")
 
     def _db(self) -> sqlite3.Connection:
         # One connection per thread: sqlite3 connections must not be shared across threads.
@@ -99,7 +103,8 @@ class SQLiteJobStore(JobStore):
                 if hit:
                     return IdempotencyHit(job_id=hit["id"], fingerprint=hit["fingerprint"] or "")
             db.execute(
-                "INSERT INTO jobs (id, spec, state, idem_key, fingerprint) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, spec, state, idem_key, fingerprint, sent) "
+                "VALUES (?, ?, ?, ?, ?, 0)",
                 (job_id, spec.model_dump_json(), "queued", spec.idempotency_key, fingerprint),
             )
         return None
@@ -143,11 +148,32 @@ class SQLiteJobStore(JobStore):
             else:
                 db.execute(
                     "UPDATE jobs SET state = 'running', attempts = attempts + 1, step = 0, "
-                    "worker = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                    "sent = 1, worker = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
                     (worker, now, job_id),
                 )
                 outcome = StartOutcome.RUN
         return StartResult(outcome, self.get(job_id))
+
+    def mark_sent(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET sent = 1 WHERE id = ?", (job_id,))
+
+    def unsent(self, created_before: float) -> list[str]:
+        rows = self._db().execute(
+            "SELECT id, spec FROM jobs WHERE sent = 0 AND state IN ('queued', 'running') "
+            "ORDER BY id"
+        )
+        return [
+            row["id"]
+            for row in rows
+            if JobSpec.model_validate_json(row["spec"]).created_at < created_before
+        ]
+
+    def mark_unfinished_unsent(self) -> int:
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE jobs SET sent = 0 WHERE state IN ('queued', 'running')"
+            ).rowcount
 
     def set_progress(self, job_id: str, step: int, total: int) -> None:
         with self._tx() as db:

@@ -17,9 +17,9 @@ from service.context import Ctx, GatewayContext, Principal
 from service.jobs import JobRecord, JobSpec
 from service.nifti_check import ACCEPTED, NiftiRejected, check_nifti, suffix_for
 from service.problems import Problem
+from service.queueing import enqueue
 from service.schemas import JobOut, OutputFormat, TranslateParams, job_out
 from service.uploads import ReceivedUpload, receive_upload
-from worker.app import QUEUE, TASK_NAME
 
 router = APIRouter(tags=["jobs"])
 
@@ -102,7 +102,7 @@ def _submit(
             raise Problem(409, "idempotency-conflict", "the earlier job for this key is gone")
         return existing, True
     try:
-        ctx.celery.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=QUEUE)
+        enqueue(ctx.celery, ctx.jobs, job_id)
     except Exception as exc:
         ctx.jobs.delete(job_id)
         ctx.storage.delete(key)

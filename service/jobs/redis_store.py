@@ -196,11 +196,8 @@ class RedisJobStore(JobStore):
     def mark_sent(self, job_id: str) -> None:
         self._mark_sent(keys=[self._job_key(job_id)])
 
-    def _unfinished_ids(self) -> list[str]:
-        return sorted(self.client.sunion(f"{_PREFIX}state:queued", f"{_PREFIX}state:running"))
-
     def unsent(self, created_before: float) -> list[str]:
-        ids = self._unfinished_ids()
+        ids = sorted(self.client.sunion(f"{_PREFIX}state:queued", f"{_PREFIX}state:running"))
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(self._job_key(job_id), "sent", "spec")

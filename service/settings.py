@@ -66,7 +66,8 @@ class GatewaySettings(CommonSettings):
         default=30,
         ge=0,
         description="seconds between checks for jobs whose task never reached the queue "
-        "(a gateway stopped between recording and sending); 0 = only at start",
+        "(a gateway stopped between recording and sending); 0 = never (the embedded mode "
+        "still sends every unfinished job again at start)",
     )
 
     @property

@@ -5,7 +5,8 @@
 What is timed (benchmark.md, speed protocol):
 - default mode: the model card's sampler, steps, guidance and samples, end to end through
   ``Translator.translate_slices`` (self-LMI, then per step a cross-LMI and a U-Net call), for one
-  slice and for a batch of ``--batch`` slices (reported per slice);
+  slice and for a batch of ``--batch`` slices (reported per slice), in float32 and, where the CPU
+  computes bfloat16 natively (AVX512-BF16 or AMX), in bfloat16 autocast (``precision.py``);
 - faithful mode: the published LMI operator (``mode="faithful"``, raw VP state, [0,1] data) with
   the DDPM sampler, timed over ``--faithful-steps`` steps and scaled to the published 1000. No
   faithful-trained model is needed for timing: the same network is fed faithful LMI maps (the
@@ -28,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from midiffusion.precision import native_bf16
 from midiffusion.train import TrainConfig
 from midiffusion.translate import Translator
 from midiffusion.unet import UNet, UNetConfig
@@ -58,7 +60,7 @@ def faithful_translator(base: Translator) -> Translator:
     card = dict(base.card)
     # the conditioning a faithful-trained model records (the t1w-faithful training preset)
     card["conditioning"] = TrainConfig.load("t1w-faithful").conditioning
-    return Translator(base.net, card, base.device)
+    return Translator(base.net, card, base.device, base.precision)
 
 
 def source_slices(n: int, grid: int) -> tuple[np.ndarray, str]:
@@ -111,16 +113,22 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} (a shared machine: figures are noisy)"
     )
     run = dict(sampler=sampler, guidance=guidance, samples=samples, seed=0)
-    cpu.translate_slices(src[:1], steps=1, **run)  # warm-up (allocator, LMI tables)
-
     print(
         f"\n== default mode (CPU): {sampler}, {steps} steps, guidance {guidance}, "
-        f"mean of {samples} sample(s)"
+        f"mean of {samples} sample(s); precision auto = {cpu.precision} here"
     )
-    one = timed(lambda: cpu.translate_slices(src[:1], steps=steps, **run))
-    print(f"one slice:        {one:7.2f} s per slice")
-    batch = timed(lambda: cpu.translate_slices(src, steps=steps, batch_size=args.batch, **run))
-    print(f"batch of {args.batch:<3d}:     {batch / args.batch:7.2f} s per slice ({batch:.1f} s)")
+    for precision in ("fp32", "bf16") if native_bf16(cpu.device) else ("fp32",):
+        t = Translator(cpu.net, cpu.card, cpu.device, precision)
+        t.translate_slices(src[:1], steps=1, **run)  # warm-up (allocator, LMI tables, kernels)
+        one = timed(lambda t=t: t.translate_slices(src[:1], steps=steps, **run))
+        print(f"{precision} one slice:   {one:7.2f} s per slice")
+        batch = timed(
+            lambda t=t: t.translate_slices(src, steps=steps, batch_size=args.batch, **run)
+        )
+        print(
+            f"{precision} batch of {args.batch:<3d}: {batch / args.batch:7.2f} s per slice "
+            f"({batch:.1f} s)"
+        )
 
     if not args.skip_faithful:
         k = args.faithful_steps
@@ -131,7 +139,10 @@ def main() -> None:
             )
         )
         per_step = t / k
-        print("\n== faithful mode (CPU): published LMI + DDPM, batch 1, as published")
+        print(
+            f"\n== faithful mode (CPU): published LMI + DDPM, batch 1, as published, "
+            f"{faithful.precision}"
+        )
         print(
             f"{k} steps in {t:.2f} s: {per_step:.2f} s per step (faithful LMI + U-Net) "
             f"-> {per_step * 1000:.0f} s per slice for 1000 steps ({per_step * 1000 / 60:.1f} min)"
@@ -139,9 +150,9 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
     if torch.cuda.is_available():
-        gpu = Translator(cpu.net, cpu.card, "cuda")
+        gpu = Translator(cpu.net, cpu.card, "cuda")  # auto: bf16 on a GPU that has it
         vol, _ = source_slices(args.gpu_slices, gpu.grid)
-        print(f"\n== GPU: {torch.cuda.get_device_name()}, {len(vol)}-slice volume")
+        print(f"\n== GPU: {torch.cuda.get_device_name()}, {len(vol)}-slice volume, {gpu.precision}")
         gpu.translate_slices(vol[:8], steps=2, **run)  # warm-up
         best = 0.0
         for bs in (16, 32, 64, 128):

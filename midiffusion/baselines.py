@@ -21,7 +21,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.metrics import nmi
 from midiffusion.samplers import get_sampler, shared_noise
 
@@ -120,14 +119,7 @@ def sdedit(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     grid = source01.shape[-1]
     noise = torch.randn(1, 1, grid, grid, generator=gen).to(device)
-    denoiser = LMIGuidedDenoiser(
-        translator.net,
-        translator.schedule,
-        translator.spec,
-        None,
-        0.0,
-        clip=translator.clip_denoised,
-    )
+    denoiser = translator.denoiser(None, 0.0)
 
     n = source01.shape[0]
     batch_size = int(batch_size or (32 if device.type == "cuda" else 8))

@@ -10,6 +10,8 @@ conditional model, ``guidance = 0`` ignores the source (the unconditional prior)
 sampling an epsilon error of d becomes an x0 error of sigma * d (sigma up to 157), and without
 the clamp a deterministic sampler carries that overshoot to a saturated result. The published
 sampler does not clip (its update is written in epsilon form), so faithful mode turns it off.
+
+``precision``: a resolved precision of ``precision.py``; only the network call is autocast.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from midiffusion.conditioning import ConditioningSpec
+from midiffusion.precision import network_autocast
 from midiffusion.schedules import DDPMSchedule, ve_to_vp
 from midiffusion.unet import UNet
 
@@ -30,9 +33,10 @@ class LMIGuidedDenoiser:
         source01: torch.Tensor | None,
         guidance: float = 1.0,
         clip: bool = True,
+        precision: str = "fp32",
     ) -> None:
         self.net, self.schedule, self.spec, self.guidance = net, schedule, spec, float(guidance)
-        self.clip = clip
+        self.clip, self.precision = clip, precision
         self.source01 = source01
         self.self_map = spec.self_map(source01) if source01 is not None else None
 
@@ -42,19 +46,23 @@ class LMIGuidedDenoiser:
         b = x_ve.shape[0]
         if self.source01 is None or self.guidance == 0:
             zeros = x_ve.new_zeros(b, 2, *x_ve.shape[2:])
-            return self.net(x_vp, t, zeros, torch.zeros(b, dtype=torch.bool, device=x_ve.device))
+            return self._net(x_vp, t, zeros, torch.zeros(b, dtype=torch.bool, device=x_ve.device))
         cond = self.spec.condition(self.source01, x_ve, sigma, self.self_map)
         if self.guidance == 1:
-            return self.net(x_vp, t, cond)
+            return self._net(x_vp, t, cond)
         # one batched call for the conditional and unconditional predictions
         mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
-        eps_c, eps_u = self.net(
+        eps_c, eps_u = self._net(
             torch.cat([x_vp, x_vp]),
             torch.cat([t, t]),
             torch.cat([cond, cond]),
             mask.to(x_ve.device),
         ).chunk(2)
         return eps_u + self.guidance * (eps_c - eps_u)
+
+    def _net(self, *inputs: torch.Tensor) -> torch.Tensor:
+        with network_autocast(self.precision, inputs[0].device):
+            return self.net(*inputs).float()
 
     def __call__(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         denoised = x_ve - sigma.reshape(-1, 1, 1, 1) * self.eps(x_ve, sigma)

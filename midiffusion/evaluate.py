@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from midiffusion import baselines, metrics
+from midiffusion.precision import PRECISIONS
 from model_store import DEFAULT_SAMPLING, SAMPLER_NAMES
 
 # direction -> (set, source key, ground-truth key or None)
@@ -92,6 +93,7 @@ class EvalSettings:
     seed: int = 0
     batch_size: int | None = None
     device: str = "auto"
+    precision: str = "auto"
     prior_set: str = "t1-train"
     fid: bool = True
     figure_rows: int = 4
@@ -146,7 +148,9 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def _load_translator(store, name: str, version: int | None, device: str, *, faithful: bool):
+def _load_translator(
+    store, name: str, version: int | None, device: str, precision: str, *, faithful: bool
+):
     from midiffusion.translate import Translator
 
     verified = store.verified(name, version)
@@ -162,7 +166,7 @@ def _load_translator(store, name: str, version: int | None, device: str, *, fait
             f"model {card.name!r} is faithful-trained: pass it as --faithful-model, and a "
             "clean model as --model"
         )
-    return Translator.load(card.model_dump(), verified.weights_path, device), card
+    return Translator.load(card.model_dump(), verified.weights_path, device, precision), card
 
 
 def _card_summary(card) -> dict:
@@ -250,11 +254,13 @@ def evaluate(
     if {"midiffusion", "sdedit"} & set(settings.methods):  # the baselines need no model
         model_name = settings.model or store.default_name()
         translator, card = _load_translator(
-            store, model_name, settings.version, device, faithful=False
+            store, model_name, settings.version, device, settings.precision, faithful=False
         )
         grid = card.grid_size
     if "faithful" in settings.methods and settings.faithful_model:
-        faithful = _load_translator(store, settings.faithful_model, None, device, faithful=True)
+        faithful = _load_translator(
+            store, settings.faithful_model, None, device, settings.precision, faithful=True
+        )
         if grid is not None and faithful[1].grid_size != grid:
             raise EvaluationError("the faithful model's grid differs from the main model's")
         grid = faithful[1].grid_size
@@ -272,6 +278,7 @@ def evaluate(
         "environment": {
             "torch": torch.__version__,
             "device": device,
+            "precision": translator.precision if translator else None,
             "threads": torch.get_num_threads(),
             "python": platform.python_version(),
         },
@@ -649,6 +656,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="network precision (precision.py)"
+    )
     parser.add_argument("--prior-set", default="t1-train", help="histogram baseline's T1 prior")
     parser.add_argument("--no-fid", action="store_true", help="skip FID (Inception on the CPU)")
     parser.add_argument("--figure-rows", type=int, default=4)
@@ -673,6 +683,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         seed=args.seed,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         prior_set=args.prior_set,
         fid=not args.no_fid,
         figure_rows=args.figure_rows,

@@ -131,7 +131,6 @@ def sample_grid(
     import numpy as np
     import torch
 
-    from midiffusion.denoiser import LMIGuidedDenoiser
     from midiffusion.samplers import get_sampler
     from midiffusion.translate import Translator
 
@@ -139,7 +138,7 @@ def sample_grid(
     sigmas = t.schedule.sampling_sigmas(steps).float()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, t.grid, t.grid, generator=gen) * sigmas[0]
-    denoiser = LMIGuidedDenoiser(t.net, t.schedule, t.spec, None, 0.0, clip=t.clip_denoised)
+    denoiser = t.denoiser(None, 0.0)
     x0 = get_sampler(sampler or t.sampling["sampler"])(denoiser, x, sigmas, generator=gen)
     imgs = [np.rot90(a) for a in t.spec.to_unit(x0)[:, 0].numpy()]  # anterior up
     cols = int(np.ceil(np.sqrt(n)))

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from midiffusion.conditioning import ConditioningSpec
 from midiffusion.lmi import LMISettings
+from midiffusion.precision import PRECISIONS, network_autocast, resolve_precision
 from midiffusion.schedules import DDPMSchedule, ve_to_vp
 from midiffusion.unet import UNet, UNetConfig, count_parameters
 
@@ -177,8 +178,10 @@ class Trainer:
         out_dir: Path,
         data_manifest: dict | None = None,
         device: str = "cpu",
+        precision: str = "auto",
     ) -> None:
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         stride = 2 ** (len(config.network["channel_mults"]) - 1)
         if config.crop and not (
             stride <= config.crop <= config.grid_size and config.crop % stride == 0
@@ -240,9 +243,7 @@ class Trainer:
         with torch.no_grad():
             cond = self.spec.condition(y01, x_ve, sigma, self_map)
         x_vp = ve_to_vp(x_ve, sigma.view(-1, 1, 1, 1))
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
-        ):
+        with network_autocast(self.precision, self.device):
             pred = self.net(x_vp, t.float(), cond, keep)
         loss = F.mse_loss(pred.float(), eps)
         self.opt.zero_grad(set_to_none=True)
@@ -312,6 +313,7 @@ class Trainer:
         return {
             "seconds": round(self.compute_seconds, 1),
             "device": str(self.device),
+            "precision": self.precision,
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -428,6 +430,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="network precision; auto: bf16 autocast where the hardware has it (GPU, AVX512-BF16 "
+        "or AMX CPU), else fp32",
+    )
+    parser.add_argument(
         "--init-from",
         metavar="MODEL[:VERSION]",
         help="start a new run from a stored model's weights (ignored when --out has a checkpoint)",
@@ -439,7 +448,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = TrainConfig.load(args.config)
     data, manifest = load_training_slices(args.data, config.grid_size)
-    trainer = Trainer(config, data, args.out, manifest, device=args.device)
+    trainer = Trainer(
+        config, data, args.out, manifest, device=args.device, precision=args.precision
+    )
     resumed = trainer.resume()
     if not resumed and args.init_from:
         init_from_store(trainer, args.init_from)

@@ -29,6 +29,7 @@ from midiffusion.conditioning import ConditioningSpec
 from midiffusion.data.recipe import Recipe
 from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.imaging import output_like
+from midiffusion.precision import resolve_precision
 from midiffusion.samplers import get_sampler, shared_noise
 from midiffusion.schedules import DDPMSchedule
 from midiffusion.unet import UNet, UNetConfig
@@ -204,9 +205,16 @@ def from_grid(geom: SliceGeometry, grid_slices: np.ndarray) -> np.ndarray:
 class Translator:
     """A loaded target-domain model, ready to translate volumes or grid slices."""
 
-    def __init__(self, net: UNet, card: dict, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        net: UNet,
+        card: dict,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+    ) -> None:
         self.card = card
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.net = net.to(self.device).eval()
         self.schedule = DDPMSchedule.from_dict(card["schedule"])
         self.spec = ConditioningSpec.from_dict(card["conditioning"])
@@ -219,12 +227,28 @@ class Translator:
 
     @classmethod
     def load(
-        cls, card: dict, weights_path: str | Path, device: str | torch.device = "cpu"
+        cls,
+        card: dict,
+        weights_path: str | Path,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
     ) -> Translator:
         net = UNet(UNetConfig.from_dict(card["network"]))
         state = load_file(str(weights_path), device="cpu")
         net.load_state_dict(state, strict=True)
-        return cls(net, card, device)
+        return cls(net, card, device, precision)
+
+    def denoiser(self, source01: torch.Tensor | None, guidance: float) -> LMIGuidedDenoiser:
+        """The model's denoiser for these sources (None: unconditional)."""
+        return LMIGuidedDenoiser(
+            self.net,
+            self.schedule,
+            self.spec,
+            source01,
+            guidance,
+            clip=self.clip_denoised,
+            precision=self.precision,
+        )
 
     # --- grid slices (used by translate() and by the evaluation) ------------------------------
     @torch.no_grad()
@@ -269,9 +293,7 @@ class Translator:
         done = 0
         for idx in batches:
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
-            denoiser = LMIGuidedDenoiser(
-                self.net, self.schedule, self.spec, src, guidance, clip=self.clip_denoised
-            )
+            denoiser = self.denoiser(src, guidance)
 
             def callback(_i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor) -> None:
                 nonlocal done

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from midiffusion.imaging import NIFTI_SUFFIXES, ImageFormatError
+from midiffusion.precision import PRECISIONS
 from model_store import SAMPLER_NAMES
 
 PNG_SUFFIX = ".png"
@@ -49,6 +50,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="network precision; auto: bf16 where the hardware has it, else fp32",
+    )
     parser.add_argument("--batch-size", type=int, help="slices per sampling batch")
     parser.add_argument(
         "--mode",
@@ -139,7 +146,7 @@ def translate_file(args: argparse.Namespace) -> Path:
 
     verified = choose_model(ModelStore(args.store), args.model, args.version, args.mode)
     translator = Translator.load(
-        verified.card.model_dump(), verified.weights_path, _device(args.device)
+        verified.card.model_dump(), verified.weights_path, _device(args.device), args.precision
     )
     defaults = FAITHFUL_DEFAULTS if args.mode == "faithful" else {}
     with tqdm(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,6 +83,11 @@ class WorkerSettings(CommonSettings):
     """A Celery worker process (one per GPU)."""
 
     device: str = Field(default="auto", description="torch device: auto, cpu, cuda, cuda:1, ...")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="network precision; auto: bf16 where the hardware has it (GPU, AVX512-BF16 "
+        "or AMX CPU), else fp32",
+    )
     max_deliveries: int = Field(
         default=3, ge=1, description="a job whose worker dies this many times is failed"
     )

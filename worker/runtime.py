@@ -87,12 +87,17 @@ class WorkerRuntime:
             started = time.perf_counter()
             verified = self.model_store().verified(name, version)
             translator = Translator.load(
-                verified.card.model_dump(), Path(verified.weights_path), device=self.device()
+                verified.card.model_dump(),
+                Path(verified.weights_path),
+                device=self.device(),
+                precision=self.settings.precision,
             )
             metrics.MODEL_LOAD.observe(time.perf_counter() - started)
             self._translators[(name, version)] = translator
             metrics.MODELS_LOADED.set(len(self._translators))
-            log.info("loaded model %s v%d on %s", name, version, self.device())
+            log.info(
+                "loaded model %s v%d on %s (%s)", name, version, self.device(), translator.precision
+            )
             return translator
 
     # -- one job

@@ -30,7 +30,7 @@ from midiffusion.data.recipe import Recipe
 from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.imaging import output_like
 from midiffusion.precision import resolve_precision
-from midiffusion.samplers import get_sampler, shared_noise
+from midiffusion.samplers import get_sampler, shared_noise_for_draws
 from midiffusion.schedules import DDPMSchedule
 from midiffusion.unet import UNet, UNetConfig
 from model_store import DEFAULT_SAMPLING
@@ -199,6 +199,12 @@ def from_grid(geom: SliceGeometry, grid_slices: np.ndarray) -> np.ndarray:
     return apply_orientation(ras, ornt_transform(axcodes2ornt("RAS"), geom.ornt))
 
 
+def _draws_per_batch(slices: int, samples: int, batch_size: int) -> int:
+    """How many of a slice batch's draws run together: the most that fit the batch size and
+    divide ``samples`` evenly (1 when the slices alone fill the batch)."""
+    return max(d for d in range(1, samples + 1) if samples % d == 0 and d * slices <= batch_size)
+
+
 # --------------------------------------------------------------------------------------------
 # the translator
 # --------------------------------------------------------------------------------------------
@@ -288,12 +294,16 @@ class Translator:
 
         n = source01.shape[0]
         batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-        total = len(batches) * samples * steps
+        total = sum(samples // _draws_per_batch(len(idx), samples, batch_size) for idx in batches)
+        total *= steps
         out = np.zeros_like(source01, dtype=np.float32)
         done = 0
         for idx in batches:
+            # fewer slices than the batch holds (a single slice, a short volume): fold several
+            # draws into one batch, so the network still runs at the batch size
+            k = _draws_per_batch(len(idx), samples, batch_size)
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
-            denoiser = self.denoiser(src, guidance)
+            denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance)
 
             def callback(_i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor) -> None:
                 nonlocal done
@@ -303,10 +313,13 @@ class Translator:
                 if progress is not None:
                     progress(done, total)
 
-            for draw, noise in enumerate(noises):
-                x = noise.expand(len(idx), -1, -1, -1) * sigmas[0]
-                x0 = sample(denoiser, x, sigmas, callback=callback, noise=shared_noise(seed, draw))
-                out[idx.start : idx.stop] += self.spec.to_unit(x0)[:, 0].float().cpu().numpy()
+            for first in range(0, samples, k):
+                draws = range(first, first + k)
+                x = torch.cat([noises[d].expand(len(idx), -1, -1, -1) for d in draws]) * sigmas[0]
+                step_noise = shared_noise_for_draws(seed, draws)
+                x0 = sample(denoiser, x, sigmas, callback=callback, noise=step_noise)
+                x0 = self.spec.to_unit(x0)[:, 0].float().cpu().numpy()
+                out[idx.start : idx.stop] += x0.reshape(k, len(idx), *x0.shape[1:]).sum(0)
         return out / samples
 
     # --- whole images -----------------------------------------------------------------------

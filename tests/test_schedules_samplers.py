@@ -13,6 +13,7 @@ from midiffusion.samplers import (
     sample_dpmpp_2m,
     sample_euler_ancestral,
     shared_noise,
+    shared_noise_for_draws,
 )
 from midiffusion.schedules import DDPMSchedule, ve_to_vp, vp_to_ve
 from model_store import SAMPLER_NAMES
@@ -120,6 +121,14 @@ def test_shared_noise_is_one_image_per_step_repeated_per_batch():
     assert not torch.equal(a1, a2)  # a new image each step
     assert torch.equal(again(x[:1])[0], a1[0])  # a later batch replays the sequence
     assert not torch.equal(other(x), a1)  # another draw, another sequence
+
+
+def test_shared_noise_for_draws_gives_each_group_its_draws_noise():
+    x = torch.zeros(4, 1, 4, 4)  # draws 2 and 5, two slices each
+    stacked, two, five = shared_noise_for_draws(0, [2, 5]), shared_noise(0, 2), shared_noise(0, 5)
+    for _ in range(2):  # two steps
+        got = stacked(x)
+        assert torch.equal(got[:2], two(x[:2])) and torch.equal(got[2:], five(x[2:]))
 
 
 def _recording_ones(shapes: list[tuple[int, ...]]):

@@ -81,9 +81,21 @@ def test_samples_average_independent_draws(translator):
     second = 2 * two - one
     assert second.min() >= -1e-5 and second.max() <= 1 + 1e-5
     assert np.abs(second - one).max() > 0.01  # another draw, not the same one twice
-    assert seen[-1] == (2 * 2 * 3, 2 * 2 * 3)  # 2 batches x 2 draws x 3 steps
+    # slices 0-1 fill a batch and run their draws one after the other (2 x 3 steps); the lone
+    # slice 2 folds both draws into one batch of 2 (3 steps)
+    assert seen[-1] == (9, 9)
     with pytest.raises(ValueError, match="samples"):
         translator.translate_slices(src, steps=2, samples=-1)
+
+
+def test_folding_draws_into_one_batch_changes_speed_not_result(tiny_model_store):
+    v = tiny_model_store.verified("tiny")
+    fp32 = Translator.load(v.card.model_dump(), v.weights_path, precision="fp32")
+    src = (_head((32, 32, 1))[:, :, 0] / 100.0)[None].astype(np.float32)
+    run = dict(steps=3, seed=2, sampler="euler-a", samples=4)
+    apart = fp32.translate_slices(src, batch_size=1, **run)  # 4 draws one after the other
+    folded = fp32.translate_slices(src, batch_size=8, **run)  # one batch of 4
+    np.testing.assert_allclose(folded, apart, atol=1e-4)
 
 
 @pytest.mark.parametrize("sampler", ["euler-a", "ddpm"])

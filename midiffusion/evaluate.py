@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from midiffusion import baselines, metrics
-from midiffusion.precision import PRECISIONS
+from midiffusion.precision import PRECISION_HELP, PRECISIONS
 from model_store import DEFAULT_SAMPLING, SAMPLER_NAMES
 
 # direction -> (set, source key, ground-truth key or None)
@@ -656,9 +656,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument(
-        "--precision", choices=PRECISIONS, default="auto", help="network precision (precision.py)"
-    )
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--prior-set", default="t1-train", help="histogram baseline's T1 prior")
     parser.add_argument("--no-fid", action="store_true", help="skip FID (Inception on the CPU)")
     parser.add_argument("--figure-rows", type=int, default=4)

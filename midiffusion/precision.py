@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_HELP = (
+    "network precision; auto: bf16 autocast where the hardware has it (GPU, AVX512-BF16 or AMX "
+    "CPU), else fp32"
+)
 
 
 def native_bf16(device: torch.device) -> bool:

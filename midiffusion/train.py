@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from midiffusion.conditioning import ConditioningSpec
 from midiffusion.lmi import LMISettings
-from midiffusion.precision import PRECISIONS, network_autocast, resolve_precision
+from midiffusion.precision import PRECISION_HELP, PRECISIONS, network_autocast, resolve_precision
 from midiffusion.schedules import DDPMSchedule, ve_to_vp
 from midiffusion.unet import UNet, UNetConfig, count_parameters
 
@@ -433,8 +433,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="network precision; auto: bf16 autocast where the hardware has it (GPU, AVX512-BF16 "
-        "or AMX CPU), else fp32",
+        help=PRECISION_HELP,
     )
     parser.add_argument(
         "--init-from",

@@ -293,15 +293,16 @@ class Translator:
         ]
 
         n = source01.shape[0]
-        batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-        total = sum(samples // _draws_per_batch(len(idx), samples, batch_size) for idx in batches)
-        total *= steps
+        # (slices, draws run together): fewer slices than the batch holds (a single slice, a
+        # short volume) fold several draws into one batch, so the network runs at the batch size
+        batches = [
+            (idx, _draws_per_batch(len(idx), samples, batch_size))
+            for idx in (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
+        ]
+        total = sum(samples // k for _, k in batches) * steps
         out = np.zeros_like(source01, dtype=np.float32)
         done = 0
-        for idx in batches:
-            # fewer slices than the batch holds (a single slice, a short volume): fold several
-            # draws into one batch, so the network still runs at the batch size
-            k = _draws_per_batch(len(idx), samples, batch_size)
+        for idx, k in batches:
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
             denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance)
 

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from midiffusion.imaging import NIFTI_SUFFIXES, ImageFormatError
-from midiffusion.precision import PRECISIONS
+from midiffusion.precision import PRECISION_HELP, PRECISIONS
 from model_store import SAMPLER_NAMES
 
 PNG_SUFFIX = ".png"
@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="network precision; auto: bf16 where the hardware has it, else fp32",
+        help=PRECISION_HELP,
     )
     parser.add_argument("--batch-size", type=int, help="slices per sampling batch")
     parser.add_argument(

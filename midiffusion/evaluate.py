@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from midiffusion import baselines, metrics
+from midiffusion.devices import DEVICE_HELP, resolve_device
 from midiffusion.precision import PRECISION_HELP, PRECISIONS
 from model_store import DEFAULT_SAMPLING, SAMPLER_NAMES
 
@@ -140,14 +141,6 @@ class _Bar:
         self.bar.close()
 
 
-def _resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EvaluationError(f"device {name!r} asked for, but CUDA is not available here")
-    return name
-
-
 def _load_translator(
     store, name: str, version: int | None, device: str, precision: str, *, faithful: bool
 ):
@@ -248,7 +241,10 @@ def evaluate(
     if unknown:
         raise EvaluationError(f"unknown method(s) {unknown}; accepted: {list(METHOD_GROUPS)}")
     store = store or ModelStore()
-    device = _resolve_device(settings.device)
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
     translator = card = faithful = None
     grid = None
     if {"midiffusion", "sdedit"} & set(settings.methods):  # the baselines need no model
@@ -655,7 +651,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sdedit-t0", type=int, default=500, help="SDEdit start timestep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--prior-set", default="t1-train", help="histogram baseline's T1 prior")
     parser.add_argument("--no-fid", action="store_true", help="skip FID (Inception on the CPU)")

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from midiffusion.conditioning import ConditioningSpec
+from midiffusion.devices import DEVICE_HELP, resolve_device
 from midiffusion.lmi import LMISettings
 from midiffusion.precision import PRECISION_HELP, PRECISIONS, network_autocast, resolve_precision
 from midiffusion.schedules import DDPMSchedule, ve_to_vp
@@ -427,7 +428,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, help="run folder (resumed if present)")
     parser.add_argument("--iterations", type=int, help="stop at this step (default: the config's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument(
         "--precision",
@@ -445,11 +446,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: --{exc}", file=sys.stderr)
+        return 2
     config = TrainConfig.load(args.config)
     data, manifest = load_training_slices(args.data, config.grid_size)
-    trainer = Trainer(
-        config, data, args.out, manifest, device=args.device, precision=args.precision
-    )
+    trainer = Trainer(config, data, args.out, manifest, device=device, precision=args.precision)
     resumed = trainer.resume()
     if not resumed and args.init_from:
         init_from_store(trainer, args.init_from)

@@ -21,6 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from midiffusion.devices import DEVICE_HELP, resolve_device
 from midiffusion.imaging import NIFTI_SUFFIXES, ImageFormatError
 from midiffusion.precision import PRECISION_HELP, PRECISIONS
 from model_store import SAMPLER_NAMES
@@ -49,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, help="average this many translations (default: the card's)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -116,18 +117,6 @@ def choose_model(store, name: str | None, version: int | None, mode: str):
     return verified
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TranslateCLIError(f"--device {name}: CUDA is not available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise TranslateCLIError(f"--device {name}: accepted: auto, cpu, cuda, cuda:N")
-    return name
-
-
 def translate_file(args: argparse.Namespace) -> Path:
     # File problems are reported before torch and the model are loaded (seconds on a CPU).
     out_kind = _kind(args.output, "output")
@@ -138,6 +127,8 @@ def translate_file(args: argparse.Namespace) -> Path:
             "write .nii or .nii.gz instead"
         )
 
+    device = resolve_device(args.device)  # before the model: a wrong name should not wait on it
+
     from tqdm import tqdm
 
     from midiffusion.imaging import save_nifti, save_png
@@ -146,7 +137,7 @@ def translate_file(args: argparse.Namespace) -> Path:
 
     verified = choose_model(ModelStore(args.store), args.model, args.version, args.mode)
     translator = Translator.load(
-        verified.card.model_dump(), verified.weights_path, _device(args.device), args.precision
+        verified.card.model_dump(), verified.weights_path, device, args.precision
     )
     defaults = FAITHFUL_DEFAULTS if args.mode == "faithful" else {}
     with tqdm(

@@ -64,11 +64,9 @@ class WorkerRuntime:
 
     # -- models: loaded once per process, kept for its lifetime
     def device(self) -> str:
-        if self.settings.device != "auto":
-            return self.settings.device
-        import torch
+        from midiffusion.devices import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.settings.device)
 
     def model_store(self) -> Any:
         if self._model_store is None:

@@ -1,0 +1,31 @@
+"""The torch device to run on: the one place that turns auto, cpu or cuda[:N] into a device.
+
+torch is imported inside, so command lines can declare --device without loading it.
+"""
+
+from __future__ import annotations
+
+import re
+
+DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N"
+_CUDA = re.compile(r"cuda(:\d+)?")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; anything else is checked."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if not _CUDA.fullmatch(name):
+        raise ValueError(f"device {name!r}: accepted: {DEVICE_HELP}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return name

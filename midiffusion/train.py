@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import sys
@@ -58,6 +59,10 @@ class TrainConfig:
     # convolutional, so crops make an iteration cheaper while sampling stays at the full grid.
     crop: int = 0
     lr: float = 2e-4
+    # from this step on the learning rate falls along a half cosine to lr_min at `iterations`
+    # (0: constant). Annealing the end of a constant-rate run settles the weights' noise.
+    lr_decay_from: int = 0
+    lr_min: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     cond_dropout: float = 0.1
@@ -230,8 +235,17 @@ class Trainer:
         t = torch.randint(T, (n // 2 + 1,), generator=self.gen)
         return torch.cat([t, T - 1 - t])[:n]
 
+    def learning_rate(self, step: int) -> float:
+        cfg = self.config
+        if not cfg.lr_decay_from or step <= cfg.lr_decay_from:
+            return cfg.lr
+        done = min(1.0, (step - cfg.lr_decay_from) / max(1, cfg.iterations - cfg.lr_decay_from))
+        return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * done))
+
     def train_step(self) -> float:
         cfg = self.config
+        for group in self.opt.param_groups:
+            group["lr"] = self.learning_rate(self.step)
         y01, self_map = self._batch()
         t = self._timesteps()
         eps = torch.randn(y01.shape, generator=self.gen)

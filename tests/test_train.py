@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -72,6 +74,21 @@ def test_kill_and_resume_equals_an_uninterrupted_run(data, tmp_path):
     assert second.compute_seconds > first_seconds  # compute carries over the resume
     lines = (tmp_path / "b" / "loss.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in lines[1:]] == list(range(1, 9))
+
+
+def test_learning_rate_holds_then_falls_along_a_cosine_to_its_floor(data, tmp_path):
+    config = TrainConfig.load("tiny")  # 20 iterations, lr 1e-3
+    config.lr_decay_from, config.lr_min = 10, 1e-4
+    trainer = Trainer(config, data, tmp_path)
+    rates = [trainer.learning_rate(step) for step in range(21)]
+    assert rates[:11] == [1e-3] * 11
+    assert rates[15] == pytest.approx(5.5e-4)  # halfway down
+    assert rates[20] == pytest.approx(1e-4)
+    assert all(a > b for a, b in itertools.pairwise(rates[10:]))
+    trainer.fit(12, progress=False)  # the optimiser really uses it
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(trainer.learning_rate(11))
+    constant = Trainer(TrainConfig.load("tiny"), data, tmp_path / "constant")
+    assert {constant.learning_rate(s) for s in range(21)} == {1e-3}
 
 
 def test_resume_refuses_a_different_config(data, tmp_path):

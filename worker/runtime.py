@@ -63,11 +63,6 @@ class WorkerRuntime:
         self._model_store: Any = None
 
     # -- models: loaded once per process, kept for its lifetime
-    def device(self) -> str:
-        from midiffusion.devices import resolve_device
-
-        return resolve_device(self.settings.device)
-
     def model_store(self) -> Any:
         if self._model_store is None:
             from model_store import ModelStore
@@ -80,6 +75,7 @@ class WorkerRuntime:
             cached = self._translators.get((name, version))
             if cached is not None:
                 return cached
+            from midiffusion.devices import resolve_device
             from midiffusion.translate import Translator
 
             started = time.perf_counter()
@@ -87,14 +83,18 @@ class WorkerRuntime:
             translator = Translator.load(
                 verified.card.model_dump(),
                 Path(verified.weights_path),
-                device=self.device(),
+                device=resolve_device(self.settings.device),
                 precision=self.settings.precision,
             )
             metrics.MODEL_LOAD.observe(time.perf_counter() - started)
             self._translators[(name, version)] = translator
             metrics.MODELS_LOADED.set(len(self._translators))
             log.info(
-                "loaded model %s v%d on %s (%s)", name, version, self.device(), translator.precision
+                "loaded model %s v%d on %s (%s)",
+                name,
+                version,
+                translator.device,
+                translator.precision,
             )
             return translator
 

@@ -6,7 +6,8 @@ Every method sees the same slices and the same seed. Every output is multiplied 
 mask (the model's translations are, too: background stays background), so all methods are
 compared on equal terms.
 
-Methods: ``midiffusion`` (clean LMI, the model card's sampler, steps and guidance), ``faithful``
+Methods: ``midiffusion`` (clean LMI, the model card's sampler, steps, guidance and intensity
+anchor; ``midiffusion-unanchored`` is the same samples before the anchor), ``faithful``
 (published LMI + DDPM chain; only with a faithful-trained model, else recorded as not run),
 ``sdedit``, ``histogram`` / ``histogram-inverted`` / ``histogram-best`` and ``identity`` (see
 ``baselines.py``).
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,13 @@ DIRECTIONS: dict[str, tuple[str, str, str | None]] = {
 }
 PROTOCOLS = ("mni-synth", "ct-real")
 METHOD_GROUPS = ("midiffusion", "faithful", "sdedit", "histogram", "identity")
-# every row of the tables, in order; the histogram group gives three
+# the methods whose output depends on the seed (rerun by --more-seeds)
+STOCHASTIC = ("midiffusion", "faithful", "sdedit")
+# every row of the tables, in order; the histogram group gives three, and midiffusion two when
+# its card has an intensity anchor (the same samples before the anchor's shift)
 ROWS = (
     "midiffusion",
+    "midiffusion-unanchored",
     "faithful",
     "sdedit",
     "histogram",
@@ -92,6 +97,7 @@ class EvalSettings:
     samples: int | None = None  # default: the model card's
     sdedit_t0: int = 500
     seed: int = 0
+    more_seeds: list[int] = field(default_factory=list)  # stochastic methods again, no FID
     batch_size: int | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -288,6 +294,10 @@ def evaluate(
         )
         results["directions"][d.name] = entry
         figures[d.name] = _figure(d, outputs, entry, settings.figure_rows, out_dir)
+        if settings.more_seeds:
+            entry["seeds"] = _seed_spread(
+                d, entry, settings, translator, faithful, fid_cache, device, progress, log
+            )
         for method, row in entry["methods"].items():
             if row["status"] == "ok":
                 s = row["summary"]
@@ -338,6 +348,14 @@ def _run_direction(
                 ),
             )
             bar.close()
+            target = translator.sampling.get("anchor_mean")
+            if target is not None:
+                # the evaluated slices span the whole brain evenly, as the anchor assumes
+                raw = outputs["midiffusion-unanchored"] = outputs["midiffusion"]
+                rows["midiffusion-unanchored"] = dict(rows["midiffusion"])
+                outputs["midiffusion"] = translator.anchor(raw, d.mask)
+                before = float(raw[d.mask].mean()) if d.mask.any() else None
+                rows["midiffusion"]["anchor"] = {"mean": target, "mean_before": before}
         elif group == "faithful":
             if faithful is None:
                 rows["faithful"] = {"status": NO_FAITHFUL}
@@ -428,6 +446,41 @@ def _run_direction(
         "methods": {name: rows[name] for name in ROWS if name in rows},
     }
     return entry, outputs
+
+
+def _seed_spread(
+    d: _Direction,
+    entry: dict,
+    settings: EvalSettings,
+    translator,
+    faithful,
+    fid_cache: dict[str, np.ndarray],
+    device: str,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, list[dict]]:
+    """Each stochastic method's mean metrics at the main seed and at ``more_seeds``: the same
+    slices, no FID. Every slice of a volume shares the seed's noise, so a seed is one draw of
+    the whole volume, and one seed alone can mislead."""
+    keys = ("ssim_tar", "psnr") if d.truth is not None else ("ssim_src", "nmi_src")
+
+    def means(methods: dict, seed: int) -> dict[str, list[dict]]:
+        return {
+            name: [{"seed": seed, **{k: row["summary"][k]["mean"] for k in keys}}]
+            for name, row in methods.items()
+            # rows of a stochastic group: "midiffusion", "midiffusion-unanchored", "sdedit", ...
+            if row["status"] == "ok" and name.split("-")[0] in STOCHASTIC
+        }
+
+    spread = means(entry["methods"], settings.seed)
+    groups = [m for m in settings.methods if m in STOCHASTIC]
+    for seed in settings.more_seeds:
+        log(f"   seed {seed}: {', '.join(groups)}")
+        again = replace(settings, seed=seed, methods=groups, fid=False)
+        other, _ = _run_direction(d, again, translator, faithful, None, fid_cache, device, progress)
+        for name, rows in means(other["methods"], seed).items():
+            spread.setdefault(name, []).extend(rows)
+    return spread
 
 
 def _add_fid(d, outputs, rows, extra, cache, device, progress) -> None:
@@ -565,7 +618,35 @@ def markdown_report(results: dict) -> str:
                 f"{'—' if gt is None else f'{gt:.4f}'} | "
                 f"{'—' if ratio is None else f'{ratio:.2f}'} |"
             )
+    lines += _seed_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def _seed_lines(results: dict) -> list[str]:
+    spread = {d: e["seeds"] for d, e in results["directions"].items() if e.get("seeds")}
+    if not spread:
+        return []
+    lines = [
+        "",
+        "Across seeds: the stochastic methods again on the same slices (no FID). Each value is "
+        "the mean over slices at one seed; every slice of a volume shares the seed's noise, so "
+        "a seed is one draw of the whole volume.",
+        "",
+        "| direction | method | metric | per seed | mean ± sd over seeds | lowest |",
+        "|---|---|---|---|---|---|",
+    ]
+    for direction, methods in spread.items():
+        for method, runs in methods.items():
+            for key in [k for k in runs[0] if k != "seed"]:
+                values = np.array([r[key] for r in runs])
+                digits = 2 if key == "psnr" else 3
+                per_seed = ", ".join(f"{r['seed']}: {r[key]:.{digits}f}" for r in runs)
+                lines.append(
+                    f"| {direction} | {method} | {METRIC_LABELS[key]} | {per_seed} | "
+                    f"{values.mean():.{digits}f} ± {values.std():.{digits}f} | "
+                    f"{values.min():.{digits}f} |"
+                )
+    return lines
 
 
 def _figure(d: _Direction, outputs: dict, entry: dict, n_rows: int, out_dir: Path) -> str:
@@ -650,6 +731,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, help="translations averaged per slice (card's)")
     parser.add_argument("--sdedit-t0", type=int, default=500, help="SDEdit start timestep")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--more-seeds",
+        type=int,
+        nargs="+",
+        default=[],
+        help="rerun the stochastic methods at these seeds too and report the spread",
+    )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
@@ -675,6 +763,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         samples=args.samples,
         sdedit_t0=args.sdedit_t0,
         seed=args.seed,
+        more_seeds=list(args.more_seeds),
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,

@@ -51,6 +51,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SAMPLING["samples"],
         help="translations averaged per slice",
     )
+    pub.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="do not anchor whole volumes to the training data's mean intensity "
+        "(the anchor is recorded by default; it needs the run's training data)",
+    )
     pub.add_argument("--notes", default="")
     pub.add_argument("--licence", action="append", default=[], help="data licence note")
     pub.add_argument("--metrics", type=Path, help="metrics.json to store beside the weights")
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                         "guidance": args.guidance,
                         "samples": args.samples,
                     },
+                    anchor=not args.no_anchor,
                 )
                 metrics = json.loads(args.metrics.read_text()) if args.metrics else None
                 extra = {p.name: p for p in [args.run / "loss.png"] if p.is_file()}

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from midiffusion.conditioning import ConditioningSpec
 from midiffusion.devices import DEVICE_HELP, resolve_device
+from midiffusion.intensity import foreground_mean
 from midiffusion.lmi import LMISettings
 from midiffusion.precision import PRECISION_HELP, PRECISIONS, network_autocast, resolve_precision
 from midiffusion.schedules import DDPMSchedule, ve_to_vp
@@ -487,6 +488,22 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # export: a run's EMA weights + a model card, ready for the model store
 # --------------------------------------------------------------------------------------------
+def _training_foreground_mean(meta: dict, grid: int) -> float:
+    data = meta.get("data", {})
+    directory = Path(data.get("directory", ""))
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"the run's training data {str(directory)!r} is gone; it is read again for the "
+            "intensity anchor: rebuild it (midiffusion data build) or publish without the anchor"
+        )
+    slices, found = load_training_slices(directory, grid)
+    if found["files"] != data.get("files"):
+        raise ValueError(
+            f"{directory} now holds {found['files']}, but the run trained on {data.get('files')}"
+        )
+    return round(foreground_mean(slices), 4)
+
+
 def export_model(
     run_dir: Path,
     *,
@@ -496,14 +513,20 @@ def export_model(
     sampling: dict,
     data_licences: list[str] | None = None,
     notes: str = "",
+    anchor: bool = True,
 ) -> dict:
     """Write the EMA weights of ``run_dir``'s checkpoint to ``out_weights``; return the card
-    (without version and sha256, which the store fills in)."""
+    (without version and sha256, which the store fills in).
+
+    ``anchor``: record the training slices' mean foreground intensity as the sampling's
+    ``anchor_mean`` (``midiffusion/intensity.py``); this reads the run's training data again."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; train first")
     meta = _read_meta(path)
     config = TrainConfig(**meta["config"])
+    if anchor:
+        sampling = {**sampling, "anchor_mean": _training_foreground_mean(meta, config.grid_size)}
     ema = {k[4:]: v for k, v in load_file(str(path)).items() if k.startswith("ema.")}
     tmp = out_weights.with_name(f".{out_weights.name}.tmp")
     save_file(ema, str(tmp))

@@ -8,7 +8,9 @@ back to the input's own voxels, array layout, affine and header. Background stay
 
 Consistency between slices: every slice starts from the same initial noise (seeded), and the
 stochastic samplers add the same step noise to every slice (``samplers.shared_noise``), so
-neighbouring slices with similar sources take similar paths.
+neighbouring slices with similar sources take similar paths. The flip side: the volume's overall
+grey level is one draw of the prior, so whole volumes are shifted to the training data's mean
+(``midiffusion/intensity.py``) where the card records it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from midiffusion.conditioning import ConditioningSpec
 from midiffusion.data.recipe import Recipe
 from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.imaging import output_like
+from midiffusion.intensity import MIN_ANCHOR_SLICES, anchor_mean
 from midiffusion.precision import resolve_precision
 from midiffusion.samplers import get_sampler, shared_noise_for_draws
 from midiffusion.schedules import DDPMSchedule
@@ -323,10 +326,20 @@ class Translator:
                 out[idx.start : idx.stop] += x0.reshape(k, len(idx), *x0.shape[1:]).sum(0)
         return out / samples
 
+    def anchor(self, slices01: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One volume's translated slices, shifted to the card's ``anchor_mean`` inside ``mask``
+        (``midiffusion/intensity.py``); unchanged when the card has no anchor."""
+        target = self.sampling.get("anchor_mean")
+        return slices01 if target is None else anchor_mean(slices01, mask, target)
+
     # --- whole images -----------------------------------------------------------------------
-    def translate(self, image: nib.Nifti1Image, **options: Any) -> nib.Nifti1Image:
+    def translate(
+        self, image: nib.Nifti1Image, *, anchor: bool | None = None, **options: Any
+    ) -> nib.Nifti1Image:
         """Translate a NIfTI volume or slice; the output has the input's shape and geometry.
 
+        ``anchor``: shift the volume to the card's intensity anchor; None (default) does so for
+        volumes of at least ``MIN_ANCHOR_SLICES`` foreground slices, i.e. whole brains.
         ``options`` are those of :meth:`translate_slices` (steps, seed, sampler, guidance,
         samples, batch_size, progress, should_cancel)."""
         volume = _as_volume(image)
@@ -338,6 +351,8 @@ class Translator:
         result = np.zeros_like(src)
         if len(keep):
             result[keep] = self.translate_slices(src[keep], **options)
+            if anchor or (anchor is None and len(keep) >= MIN_ANCHOR_SLICES):
+                result[keep] = self.anchor(result[keep], msk[keep])
         result *= msk
         back = from_grid(geom, result) * mask.reshape(geom.shape)
         return output_like(image, back.reshape(image.shape))

@@ -23,10 +23,12 @@ import numpy as np
 
 from midiffusion.devices import DEVICE_HELP, resolve_device
 from midiffusion.imaging import NIFTI_SUFFIXES, ImageFormatError
+from midiffusion.intensity import MIN_ANCHOR_SLICES
 from midiffusion.precision import PRECISION_HELP, PRECISIONS
 from model_store import SAMPLER_NAMES
 
 PNG_SUFFIX = ".png"
+ANCHOR_CHOICES = {"auto": None, "on": True, "off": False}
 FAITHFUL_DEFAULTS = {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "samples": 1}
 
 
@@ -50,6 +52,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, help="average this many translations (default: the card's)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--anchor",
+        choices=tuple(ANCHOR_CHOICES),
+        default="auto",
+        help="shift the volume's mean intensity to the model's training data (the card's "
+        f"anchor_mean); auto: for volumes of at least {MIN_ANCHOR_SLICES} slices",
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--precision",
@@ -160,6 +169,7 @@ def translate_file(args: argparse.Namespace) -> Path:
             guidance=args.guidance if args.guidance is not None else defaults.get("guidance"),
             samples=args.samples or defaults.get("samples"),
             batch_size=args.batch_size,
+            anchor=ANCHOR_CHOICES[args.anchor],
             progress=progress,
         )
     if out_kind == "png":

@@ -34,8 +34,15 @@ class ModelIntegrityError(RuntimeError):
 
 
 # How a model samples when its card and the caller leave a setting out (``models publish``
-# writes these unless told otherwise)
-DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "ddim", "steps": 20, "guidance": 1.0, "samples": 1}
+# writes these unless told otherwise). ``anchor_mean``: the training slices' mean foreground
+# intensity, which whole translated volumes are shifted to (midiffusion/intensity.py); None: off.
+DEFAULT_SAMPLING: dict[str, Any] = {
+    "sampler": "ddim",
+    "steps": 20,
+    "guidance": 1.0,
+    "samples": 1,
+    "anchor_mean": None,
+}
 # the samplers of ``midiffusion/samplers.py`` by name (a test keeps the two equal), for the
 # command lines that must not import torch to offer them
 SAMPLER_NAMES = ("ddim", "dpmpp-2m", "ddpm", "euler-a")
@@ -56,7 +63,7 @@ class ModelCard(BaseModel):
     network: dict[str, Any]
     schedule: dict[str, Any]
     conditioning: dict[str, Any]  # LMI settings and how the noisy state is presented to LMI
-    sampling: dict[str, Any]  # defaults: sampler, steps, guidance, samples (DEFAULT_SAMPLING)
+    sampling: dict[str, Any]  # defaults: sampler, steps, guidance, samples, anchor_mean
     training: dict[str, Any]  # data manifest, steps, compute used, final loss
     data_licences: list[str] = Field(default_factory=list)
     created: str = ""

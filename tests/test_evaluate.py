@@ -110,6 +110,11 @@ def test_baselines_behave_as_defined(run, data_root) -> None:
         assert flair["histogram-best"]["per_slice"][k] == src
     # a rank map keeps the source's structure: NMI to the source stays high
     assert flair["histogram"]["summary"]["nmi_src"]["mean"] > 0.5
+    # the default method is the anchored one: same samples, volume mean moved to the card's
+    anchored = flair["midiffusion"]
+    assert anchored["anchor"]["mean"] == results["model"]["sampling"]["anchor_mean"]
+    assert anchored["anchor"]["mean_before"] != pytest.approx(anchored["anchor"]["mean"])
+    assert anchored["per_slice"] != flair["midiffusion-unanchored"]["per_slice"]
     # ground-truth consistency is a property of the slices, shared by all methods
     gts = {r["consistency"]["ground_truth_adjacent_mad"] for r in flair.values() if "summary" in r}
     assert len(gts) == 1
@@ -195,3 +200,20 @@ def test_baselines_only_run_needs_no_model(data_root, tmp_path, capsys) -> None:
         "identity",
     ]
     assert "baselines only" in capsys.readouterr().out
+
+
+def test_more_seeds_rerun_the_stochastic_methods(tiny_model_store, data_root, tmp_path) -> None:
+    args = ["evaluate", "--store", str(tiny_model_store.root), "--data-dir", str(data_root)]
+    args += ["-m", "tiny", "--directions", "T2w->T1", "--slices", "2", "--steps", "3"]
+    args += ["--methods", "midiffusion", "histogram", "--no-fid", "--quiet"]
+    assert main([*args, "--more-seeds", "1", "2", "--out", str(tmp_path)]) == 0
+    entry = json.loads((tmp_path / "results.json").read_text())["directions"]["T2w->T1"]
+    spread = entry["seeds"]
+    assert set(spread) == {"midiffusion", "midiffusion-unanchored"}  # not the histogram maps
+    for method, runs in spread.items():
+        assert [r["seed"] for r in runs] == [0, 1, 2]
+        main_summary = entry["methods"][method]["summary"]
+        assert runs[0]["psnr"] == pytest.approx(main_summary["psnr"]["mean"])
+        assert len({r["ssim_tar"] for r in runs}) == 3  # other noise, other volume
+    table = (tmp_path / "results.md").read_text()
+    assert "Across seeds" in table and "| T2w->T1 | midiffusion | PSNR | 0: " in table

@@ -1,0 +1,94 @@
+"""The intensity anchor: whole volumes shifted to the training data's mean, nothing else changed."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from midiffusion.intensity import MIN_ANCHOR_SLICES, anchor_mean, foreground_mean
+from midiffusion.train import TrainConfig, Trainer, export_model, load_training_slices
+from midiffusion.translate import Translator
+
+
+def _volume(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros((3, 16, 16), bool)
+    mask[:, 4:12, 3:13] = True
+    return np.where(mask, rng.uniform(0.3, 0.7, mask.shape), 0).astype(np.float32), mask
+
+
+def test_anchor_moves_the_mean_and_keeps_contrast_and_background():
+    x, mask = _volume(np.random.default_rng(0))
+    out = anchor_mean(x, mask, 0.6)
+    assert out[mask].mean() == pytest.approx(0.6, abs=1e-5)
+    # one shift for the whole volume: every difference inside the mask is kept
+    np.testing.assert_allclose(out[mask] - x[mask], 0.6 - x[mask].mean(), atol=1e-5)
+    assert not out[~mask].any()
+    # values pushed past 1 are clipped, and the shift grows until the mean is reached anyway
+    high = anchor_mean(x, mask, 0.95)
+    assert high.max() == 1.0 and high[mask].mean() == pytest.approx(0.95, abs=1e-5)
+
+
+def test_anchor_and_foreground_mean_refuse_what_they_cannot_use():
+    x, mask = _volume(np.random.default_rng(1))
+    with pytest.raises(ValueError, match="differ in shape"):
+        anchor_mean(x, mask[:2], 0.5)
+    with pytest.raises(ValueError, match="outside"):
+        anchor_mean(x, mask, 1.2)
+    assert np.array_equal(anchor_mean(x, np.zeros_like(mask), 0.5), x)  # nothing to anchor
+    assert foreground_mean(np.array([0.0, 0.2, 0.4, 0.0])) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="foreground"):
+        foreground_mean(np.zeros((2, 4, 4)))
+
+
+def test_publishing_records_the_training_data_mean(tiny_model_store, tiny_training_set):
+    card = tiny_model_store.card("tiny")
+    data = load_training_slices(tiny_training_set, card.grid_size)[0]
+    assert card.sampling["anchor_mean"] == pytest.approx(foreground_mean(data), abs=1e-4)
+
+
+def test_publishing_the_anchor_needs_the_training_data(tiny_training_set, tmp_path):
+    data_dir = shutil.copytree(tiny_training_set, tmp_path / "data")
+    data, manifest = load_training_slices(data_dir, 32)
+    Trainer(TrainConfig.load("tiny"), data, tmp_path / "run", manifest).fit(1, progress=False)
+    shutil.rmtree(data_dir)
+    kwargs = dict(name="t", target_modality="T1w", sampling={})
+    with pytest.raises(FileNotFoundError, match="without the anchor"):
+        export_model(tmp_path / "run", out_weights=tmp_path / "w.safetensors", **kwargs)
+    card = export_model(
+        tmp_path / "run", out_weights=tmp_path / "w.safetensors", anchor=False, **kwargs
+    )
+    assert "anchor_mean" not in card["sampling"]
+
+
+def _head(slices: int) -> nib.Nifti1Image:
+    x, y, z = np.meshgrid(
+        np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), np.linspace(-1, 1, slices), indexing="ij"
+    )
+    inside = (x / 0.8) ** 2 + (y / 0.85) ** 2 + (z / 1.3) ** 2 < 1
+    return nib.Nifti1Image((inside * (50 + 40 * (x < 0))).astype(np.float32), np.eye(4))
+
+
+def test_whole_volumes_are_anchored_slabs_only_when_asked(tiny_model_store):
+    v = tiny_model_store.verified("tiny")
+    translator = Translator.load(v.card.model_dump(), v.weights_path)
+    target = v.card.sampling["anchor_mean"]
+    run = dict(steps=2, seed=3)
+
+    volume = _head(MIN_ANCHOR_SLICES)
+    inside = volume.get_fdata() > 0
+    auto = translator.translate(volume, **run).get_fdata()
+    raw = translator.translate(volume, anchor=False, **run).get_fdata()
+    # resampling back to the voxels and the mask's edge blur the grid's exact mean a little
+    assert auto[inside].mean() == pytest.approx(target, abs=0.03)
+    assert abs(raw[inside].mean() - target) > 0.05  # the tiny model's own level is elsewhere
+    assert not auto[~inside].any()
+
+    slab = _head(MIN_ANCHOR_SLICES - 4)
+    inside = slab.get_fdata() > 0
+    left = translator.translate(slab, **run).get_fdata()
+    assert np.array_equal(left, translator.translate(slab, anchor=False, **run).get_fdata())
+    forced = translator.translate(slab, anchor=True, **run).get_fdata()
+    assert forced[inside].mean() == pytest.approx(target, abs=0.03)

@@ -302,7 +302,7 @@ def evaluate(
             if row["status"] == "ok":
                 s = row["summary"]
                 key = "ssim_tar" if "ssim_tar" in s else "ssim_src"
-                log(f"   {method:<20}{METRIC_LABELS[key]} {s[key]['mean']:.3f}")
+                log(f"   {method:<24}{METRIC_LABELS[key]} {s[key]['mean']:.3f}")
     results["figures"] = figures
     _write_text(out_dir / "results.md", markdown_report(results))
     _write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
@@ -473,7 +473,7 @@ def _seed_spread(
         }
 
     spread = means(entry["methods"], settings.seed)
-    groups = [m for m in settings.methods if m in STOCHASTIC]
+    groups = [m for m in settings.methods if m in STOCHASTIC and (m != "faithful" or faithful)]
     for seed in settings.more_seeds:
         log(f"   seed {seed}: {', '.join(groups)}")
         again = replace(settings, seed=seed, methods=groups, fid=False)

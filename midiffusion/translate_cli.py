@@ -145,12 +145,16 @@ def translate_file(args: argparse.Namespace) -> Path:
     from model_store import ModelStore
 
     verified = choose_model(ModelStore(args.store), args.model, args.version, args.mode)
-    translator = Translator.load(
-        verified.card.model_dump(), verified.weights_path, device, args.precision
-    )
+    card = verified.card
+    if args.anchor == "on" and card.sampling.get("anchor_mean") is None:
+        raise TranslateCLIError(
+            f"model {card.name!r} v{card.version} has no intensity anchor in its card "
+            "(sampling.anchor_mean): use --anchor auto or off, or a version published with one"
+        )
+    translator = Translator.load(card.model_dump(), verified.weights_path, device, args.precision)
     defaults = FAITHFUL_DEFAULTS if args.mode == "faithful" else {}
     with tqdm(
-        desc=f"translating with {verified.card.name} v{verified.card.version}",
+        desc=f"translating with {card.name} v{card.version}",
         unit="step",
         disable=args.quiet,
         file=sys.stderr,

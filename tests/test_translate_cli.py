@@ -129,3 +129,21 @@ def test_usage_errors_in_process(tiny_model_store, tmp_path: Path, capsys) -> No
     assert main(["translate", str(tmp_path / "broken.png"), *store, "-o", "x.png"]) == 1
     assert "not a readable PNG" in capsys.readouterr().err
     assert not list(tmp_path.glob("o.*"))
+
+
+def test_anchor_on_needs_a_card_with_an_anchor(tiny_model_store, tmp_path: Path, capsys) -> None:
+    from model_store import ModelStore
+
+    v = tiny_model_store.verified("tiny")
+    card = v.card.model_dump(exclude={"version", "sha256"})
+    card["sampling"] = {k: x for k, x in card["sampling"].items() if k != "anchor_mean"}
+    store = ModelStore(tmp_path / "store")
+    store.publish(card, v.weights_path)
+    nib.save(nib.Nifti1Image(_head(), np.eye(4)), tmp_path / "v.nii.gz")
+    args = ["translate", str(tmp_path / "v.nii.gz"), "--store", str(store.root), "--quiet"]
+    args += ["-m", "tiny", "--steps", "2", "-o", str(tmp_path / "o.nii.gz")]
+    assert main([*args, "--anchor", "on"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no intensity anchor" in err and "--anchor auto or off" in err
+    assert not (tmp_path / "o.nii.gz").exists()
+    assert main([*args, "--anchor", "off"]) == 0  # the same model runs without it

@@ -463,24 +463,24 @@ def _seed_spread(
     slices, no FID. Every slice of a volume shares the seed's noise, so a seed is one draw of
     the whole volume, and one seed alone can mislead."""
     keys = ("ssim_tar", "psnr") if d.truth is not None else ("ssim_src", "nmi_src")
-
-    def means(methods: dict, seed: int) -> dict[str, list[dict]]:
-        return {
-            name: [{"seed": seed, **{k: row["summary"][k]["mean"] for k in keys}}]
-            for name, row in methods.items()
-            # rows of a stochastic group: "midiffusion", "midiffusion-unanchored", "sdedit", ...
-            if row["status"] == "ok" and name.split("-")[0] in STOCHASTIC
-        }
-
-    spread = means(entry["methods"], settings.seed)
     groups = [m for m in settings.methods if m in STOCHASTIC and (m != "faithful" or faithful)]
+    if not groups:
+        return {}
+    runs = [(settings.seed, entry["methods"])]
     for seed in settings.more_seeds:
         log(f"   seed {seed}: {', '.join(groups)}")
         again = replace(settings, seed=seed, methods=groups, fid=False)
         other, _ = _run_direction(d, again, translator, faithful, None, fid_cache, device, progress)
-        for name, rows in means(other["methods"], seed).items():
-            spread.setdefault(name, []).extend(rows)
-    return spread
+        runs.append((seed, other["methods"]))
+    # a rerun holds exactly the stochastic rows ("midiffusion", "midiffusion-unanchored", ...)
+    names = [name for name, row in runs[-1][1].items() if row["status"] == "ok"]
+    return {
+        name: [
+            {"seed": seed, **{k: methods[name]["summary"][k]["mean"] for k in keys}}
+            for seed, methods in runs
+        ]
+        for name in names
+    }
 
 
 def _add_fid(d, outputs, rows, extra, cache, device, progress) -> None:

@@ -95,6 +95,7 @@ class EvalSettings:
     sampler: str | None = None
     guidance: float | None = None
     samples: int | None = None  # default: the model card's
+    antithetic: bool | None = None  # default: the model card's
     sdedit_t0: int = 500
     seed: int = 0
     more_seeds: list[int] = field(default_factory=list)  # stochastic methods again, no FID
@@ -343,6 +344,7 @@ def _run_direction(
                     sampler=settings.sampler,
                     guidance=settings.guidance,
                     samples=settings.samples,
+                    antithetic=settings.antithetic,
                     progress=bar,
                     **common,
                 ),
@@ -560,12 +562,16 @@ def markdown_report(results: dict) -> str:
     else:
         guidance = s["guidance"] if s["guidance"] is not None else m["sampling"].get("guidance")
         samples = s.get("samples") or m["sampling"].get("samples", DEFAULT_SAMPLING["samples"])
+        antithetic = s.get("antithetic")
+        if antithetic is None:
+            antithetic = m["sampling"].get("antithetic", False)
+        pairs = " in antithetic pairs" if antithetic and samples > 1 else ""
         model = (
             f"Model `{m['name']}` v{m['version']} ({m['training_iterations']} training "
             f"iterations, {m['parameters']:,} parameters); sampler "
             f"{s['sampler'] or m['sampling'].get('sampler')}, "
             f"{s['steps'] or m['sampling'].get('steps')} steps, guidance {guidance}, "
-            f"mean of {samples} sample{'s' if samples > 1 else ''}; "
+            f"mean of {samples} sample{'s' if samples > 1 else ''}{pairs}; "
             f"SDEdit t0 = {s['sdedit_t0']}"
         )
     lines = [
@@ -729,6 +735,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=SAMPLER_NAMES)
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--samples", type=int, help="translations averaged per slice (card's)")
+    parser.add_argument(
+        "--antithetic",
+        choices=("on", "off"),
+        help="pair the averaged draws on opposite noises (default: the model card's)",
+    )
     parser.add_argument("--sdedit-t0", type=int, default=500, help="SDEdit start timestep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -761,6 +772,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         sampler=args.sampler,
         guidance=args.guidance,
         samples=args.samples,
+        antithetic=None if args.antithetic is None else args.antithetic == "on",
         sdedit_t0=args.sdedit_t0,
         seed=args.seed,
         more_seeds=list(args.more_seeds),

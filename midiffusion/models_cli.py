@@ -52,6 +52,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="translations averaged per slice",
     )
     pub.add_argument(
+        "--antithetic",
+        action="store_true",
+        help="pair the averaged draws on opposite noises (samplers.noise_source)",
+    )
+    pub.add_argument(
         "--no-anchor",
         action="store_true",
         help="do not anchor whole volumes to the training data's mean intensity "
@@ -115,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                         "steps": args.steps,
                         "guidance": args.guidance,
                         "samples": args.samples,
+                        "antithetic": args.antithetic,
                     },
                     anchor=not args.no_anchor,
                 )

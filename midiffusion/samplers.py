@@ -41,26 +41,38 @@ def _euler_step(
     return x + (x - denoised) / sigma * (sigma_to - sigma).to(x.dtype)
 
 
-def shared_noise(seed: int, draw: int) -> Noise:
+def shared_noise(seed: int, draw: int, sign: float = 1.0) -> Noise:
     """Step noise for stochastic samplers: one image per step, the same for every item of a batch
-    (the slices of a volume), from a generator seeded by ``(seed, draw)``. Call it once per batch
-    and every batch gets the same sequence, so slices stay consistent across batches too."""
+    (the slices of a volume), from a generator seeded by ``(seed, draw)``, times ``sign``. Call it
+    once per batch and every batch gets the same sequence, so slices stay consistent across
+    batches too."""
     gen = torch.Generator().manual_seed(
         int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
     )
 
     def noise(x: torch.Tensor) -> torch.Tensor:
         one = torch.randn((1, *x.shape[1:]), generator=gen, dtype=x.dtype)
-        return one.to(x.device).expand_as(x)
+        return (one if sign == 1.0 else one * sign).to(x.device).expand_as(x)
 
     return noise
 
 
-def shared_noise_for_draws(seed: int, draws: Sequence[int]) -> Noise:
+def noise_source(draw: int, antithetic: bool) -> tuple[int, float]:
+    """Whose noise a draw runs on, and with which sign. Antithetic draws pair up, (0, 1),
+    (2, 3), ...: the second of a pair runs on the first one's initial and step noise negated.
+    A pair's mean then cancels whatever part of a sample is odd in the noise. Because every
+    slice shares its draw's noise, that part includes the volume-wide luck of the draw (how
+    much contrast a whole volume gets), which plain averaging of a few draws leaves in."""
+    if antithetic and draw % 2:
+        return draw - 1, -1.0
+    return draw, 1.0
+
+
+def shared_noise_for_draws(seed: int, draws: Sequence[int], antithetic: bool = False) -> Noise:
     """``shared_noise`` for a batch that stacks several draws: ``len(draws)`` equal groups of
     rows, draw-major. Each group gets exactly the noise its draw would get in a batch of its own,
     so folding draws into one batch changes the speed, not the result."""
-    per_draw = [shared_noise(seed, d) for d in draws]
+    per_draw = [shared_noise(seed, *noise_source(d, antithetic)) for d in draws]
 
     def noise(x: torch.Tensor) -> torch.Tensor:
         groups = x.chunk(len(per_draw))

@@ -33,7 +33,7 @@ from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.imaging import output_like
 from midiffusion.intensity import MIN_ANCHOR_SLICES, anchor_mean
 from midiffusion.precision import resolve_precision
-from midiffusion.samplers import get_sampler, shared_noise_for_draws
+from midiffusion.samplers import get_sampler, noise_source, shared_noise_for_draws
 from midiffusion.schedules import DDPMSchedule
 from midiffusion.unet import UNet, UNetConfig
 from model_store import DEFAULT_SAMPLING
@@ -270,6 +270,7 @@ class Translator:
         sampler: str | None = None,
         guidance: float | None = None,
         samples: int | None = None,
+        antithetic: bool | None = None,
         batch_size: int | None = None,
         progress: Progress | None = None,
         should_cancel: Callable[[], bool] | None = None,
@@ -278,7 +279,8 @@ class Translator:
 
         ``samples`` > 1 averages that many translations from different initial noises: an
         estimate of the posterior mean, which loses the sampler's invented fine texture (the
-        part that cannot match the patient) and costs ``samples`` times the time.
+        part that cannot match the patient) and costs ``samples`` times the time. ``antithetic``
+        (default: the card's) pairs the draws on opposite noises (``samplers.noise_source``).
         """
         steps = int(steps or self.sampling["steps"])
         sample = get_sampler(sampler or self.sampling["sampler"])
@@ -286,13 +288,16 @@ class Translator:
         samples = int(samples or self.sampling["samples"])
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
+        if antithetic is None:
+            antithetic = bool(self.sampling["antithetic"])
         batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))
         sigmas = self.schedule.sampling_sigmas(steps).to(self.device, torch.float32)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         # one noise per draw, shared by every slice: neighbouring slices stay consistent
+        drawn = [torch.randn(1, 1, self.grid, self.grid, generator=gen) for _ in range(samples)]
         noises = [
-            torch.randn(1, 1, self.grid, self.grid, generator=gen).to(self.device)
-            for _ in range(samples)
+            (sign * drawn[source]).to(self.device)
+            for source, sign in (noise_source(d, antithetic) for d in range(samples))
         ]
 
         n = source01.shape[0]
@@ -320,7 +325,7 @@ class Translator:
             for first in range(0, samples, k):
                 draws = range(first, first + k)
                 x = torch.cat([noises[d].expand(len(idx), -1, -1, -1) for d in draws]) * sigmas[0]
-                step_noise = shared_noise_for_draws(seed, draws)
+                step_noise = shared_noise_for_draws(seed, draws, antithetic)
                 x0 = sample(denoiser, x, sigmas, callback=callback, noise=step_noise)
                 x0 = self.spec.to_unit(x0)[:, 0].float().cpu().numpy()
                 out[idx.start : idx.stop] += x0.reshape(k, len(idx), *x0.shape[1:]).sum(0)

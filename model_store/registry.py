@@ -36,11 +36,13 @@ class ModelIntegrityError(RuntimeError):
 # How a model samples when its card and the caller leave a setting out (``models publish``
 # writes these unless told otherwise). ``anchor_mean``: the training slices' mean foreground
 # intensity, which whole translated volumes are shifted to (midiffusion/intensity.py); None: off.
+# ``antithetic``: averaged draws pair up on opposite noises (midiffusion/samplers.noise_source).
 DEFAULT_SAMPLING: dict[str, Any] = {
     "sampler": "ddim",
     "steps": 20,
     "guidance": 1.0,
     "samples": 1,
+    "antithetic": False,
     "anchor_mean": None,
 }
 # the samplers of ``midiffusion/samplers.py`` by name (a test keeps the two equal), for the
@@ -63,7 +65,7 @@ class ModelCard(BaseModel):
     network: dict[str, Any]
     schedule: dict[str, Any]
     conditioning: dict[str, Any]  # LMI settings and how the noisy state is presented to LMI
-    sampling: dict[str, Any]  # defaults: sampler, steps, guidance, samples, anchor_mean
+    sampling: dict[str, Any]  # defaults: DEFAULT_SAMPLING
     training: dict[str, Any]  # data manifest, steps, compute used, final loss
     data_licences: list[str] = Field(default_factory=list)
     created: str = ""

@@ -217,3 +217,21 @@ def test_more_seeds_rerun_the_stochastic_methods(tiny_model_store, data_root, tm
         assert len({r["ssim_tar"] for r in runs}) == 3  # other noise, other volume
     table = (tmp_path / "results.md").read_text()
     assert "Across seeds" in table and "| T2w->T1 | midiffusion | PSNR | 0: " in table
+
+
+def test_antithetic_switch_overrides_the_card(tiny_model_store, data_root, tmp_path) -> None:
+    args = ["evaluate", "--store", str(tiny_model_store.root), "--data-dir", str(data_root)]
+    args += ["-m", "tiny", "--directions", "T2w->T1", "--slices", "2", "--steps", "3"]
+    args += ["--methods", "midiffusion", "--no-fid", "--quiet", "--samples", "2"]
+    runs = {}
+    for switch in ("on", "off"):
+        assert main([*args, "--antithetic", switch, "--out", str(tmp_path / switch)]) == 0
+        runs[switch] = json.loads((tmp_path / switch / "results.json").read_text())
+    psnr = {
+        k: r["directions"]["T2w->T1"]["methods"]["midiffusion"]["summary"]["psnr"]["mean"]
+        for k, r in runs.items()
+    }
+    assert psnr["on"] != psnr["off"]  # the second draw ran on other noise
+    assert runs["on"]["settings"]["antithetic"] is True
+    assert "mean of 2 samples in antithetic pairs" in (tmp_path / "on" / "results.md").read_text()
+    assert "antithetic" not in (tmp_path / "off" / "results.md").read_text()

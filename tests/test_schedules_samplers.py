@@ -8,6 +8,7 @@ import torch
 from midiffusion.samplers import (
     SAMPLERS,
     get_sampler,
+    noise_source,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
@@ -129,6 +130,23 @@ def test_shared_noise_for_draws_gives_each_group_its_draws_noise():
     for _ in range(2):  # two steps
         got = stacked(x)
         assert torch.equal(got[:2], two(x[:2])) and torch.equal(got[2:], five(x[2:]))
+
+
+def test_antithetic_draws_run_in_pairs_on_opposite_noise():
+    assert [noise_source(d, True) for d in range(5)] == [
+        (0, 1.0),
+        (0, -1.0),
+        (2, 1.0),
+        (2, -1.0),
+        (4, 1.0),
+    ]
+    assert [noise_source(d, False) for d in range(3)] == [(0, 1.0), (1, 1.0), (2, 1.0)]
+    x = torch.zeros(6, 1, 4, 4)  # draws 0, 1 and 2, two slices each
+    anti, plain = shared_noise_for_draws(0, [0, 1, 2], True), shared_noise_for_draws(0, [0, 1, 2])
+    for _ in range(3):  # every step: draw 1 is draw 0 negated, draws 0 and 2 as without pairing
+        got, ref = anti(x), plain(x)
+        assert torch.equal(got[2:4], -got[:2]) and got[:2].abs().sum() > 0
+        assert torch.equal(got[:2], ref[:2]) and torch.equal(got[4:], ref[4:])
 
 
 def _recording_ones(shapes: list[tuple[int, ...]]):

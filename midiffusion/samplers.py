@@ -52,7 +52,7 @@ def shared_noise(seed: int, draw: int, sign: float = 1.0) -> Noise:
 
     def noise(x: torch.Tensor) -> torch.Tensor:
         one = torch.randn((1, *x.shape[1:]), generator=gen, dtype=x.dtype)
-        return (one if sign == 1.0 else one * sign).to(x.device).expand_as(x)
+        return (one * sign).to(x.device).expand_as(x)
 
     return noise
 

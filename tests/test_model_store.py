@@ -94,3 +94,20 @@ def test_unconditional_sample_grid_with_a_stochastic_sampler_repeats_its_seed(ti
     a, b = (sample_grid(card, v.weights_path, 2, 3, seed=1, sampler="euler-a") for _ in range(2))
     ddim = sample_grid(card, v.weights_path, 2, 3, seed=1, sampler="ddim")
     assert np.array_equal(a, b) and not np.array_equal(a, ddim)
+
+
+def test_publish_command_records_the_sampling_it_is_given(tiny_training_set, tmp_path):
+    from midiffusion.cli import main
+    from midiffusion.train import TrainConfig, Trainer, load_training_slices
+
+    data, manifest = load_training_slices(tiny_training_set, 32)
+    Trainer(TrainConfig.load("tiny"), data, tmp_path / "run", manifest).fit(1, progress=False)
+    base = ["models", "--store", str(tmp_path / "store"), "publish", str(tmp_path / "run")]
+    base += ["--name", "t", "--target-modality", "T1w", "--sampler", "euler-a", "--samples", "4"]
+    assert main([*base, "--antithetic"]) == 0
+    assert main([*base, "--no-anchor"]) == 0
+    store = ModelStore(tmp_path / "store")
+    paired, plain = store.card("t", 1).sampling, store.card("t", 2).sampling
+    assert paired["antithetic"] is True and paired["samples"] == 4 and paired["anchor_mean"] > 0
+    assert plain["antithetic"] is False and "anchor_mean" not in plain
+    assert paired["sampler"] == plain["sampler"] == "euler-a"

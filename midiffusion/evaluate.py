@@ -564,7 +564,7 @@ def markdown_report(results: dict) -> str:
         samples = s.get("samples") or m["sampling"].get("samples", DEFAULT_SAMPLING["samples"])
         antithetic = s.get("antithetic")
         if antithetic is None:
-            antithetic = m["sampling"].get("antithetic", False)
+            antithetic = m["sampling"].get("antithetic", DEFAULT_SAMPLING["antithetic"])
         pairs = " in antithetic pairs" if antithetic and samples > 1 else ""
         model = (
             f"Model `{m['name']}` v{m['version']} ({m['training_iterations']} training "

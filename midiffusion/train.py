@@ -222,7 +222,9 @@ class Trainer:
         idx = torch.randint(len(self.data), (cfg.batch_size,), generator=self.gen)
         flip = torch.rand(cfg.batch_size, generator=self.gen) < 0.5
         y, s = self.data[idx].clone(), self.self_maps[idx].clone()
-        y[flip], s[flip] = y[flip].flip(-1), s[flip].flip(-1)
+        # mirror about the midline: axis -2 runs right-left (sets.py); axis -1 is anterior, and a
+        # front-back flip would teach the prior brains that do not exist
+        y[flip], s[flip] = y[flip].flip(-2), s[flip].flip(-2)
         if cfg.crop:
             corners = torch.randint(
                 cfg.grid_size - cfg.crop + 1, (cfg.batch_size, 2), generator=self.gen

@@ -41,7 +41,7 @@ def test_crop_training_sees_windows_and_rejects_bad_sizes(data, tmp_path):
     for window in y[:, 0].numpy():
         assert any(
             (im[i : i + 16, j : j + 16] == window).all()
-            for im in np.concatenate([data, data[:, :, ::-1]])
+            for im in np.concatenate([data, data[:, ::-1, :]])
             for i in range(17)
             for j in range(17)
         )
@@ -50,6 +50,27 @@ def test_crop_training_sees_windows_and_rejects_bad_sizes(data, tmp_path):
         config.crop = bad
         with pytest.raises(ValueError, match="crop"):
             Trainer(config, data, tmp_path / str(bad))
+
+
+def test_augmentation_mirrors_left_right_never_front_back(tmp_path):
+    # axis 0 of a slice runs right-left, axis 1 anterior (data/sets.py); random slices make the
+    # two flips distinguishable
+    data = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
+    trainer = Trainer(TrainConfig.load("tiny"), data, tmp_path)
+    refs = {
+        (kind, k): data[k] if kind == "same" else data[k][::-1, :]
+        for kind in ("same", "mirrored")
+        for k in range(3)
+    }
+    seen = set()
+    for _ in range(8):
+        y, self_map = trainer._batch()
+        for image, smap in zip(y[:, 0].numpy(), self_map[:, 0], strict=True):
+            kind, k = next(key for key, ref in refs.items() if np.array_equal(image, ref))
+            seen.add(kind)
+            banked = trainer.self_maps[k, 0]  # the banked self-LMI travels with its slice
+            assert torch.equal(smap, banked if kind == "same" else banked.flip(0))
+    assert seen == {"same", "mirrored"}
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(data, tmp_path):

@@ -20,20 +20,34 @@ def _masked(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return values[mask.astype(bool)] if mask is not None else values.ravel()
 
 
-def ssim(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean structural similarity of two 2D images in [0,1]."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"ssim needs two 2D images of one shape, got {x.shape} and {y.shape}")
+def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The SSIM map of two image stacks that broadcast, blurred over the last two axes only."""
     c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
+    x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    sigma = (0,) * (x.ndim - 2) + (SSIM_SIGMA, SSIM_SIGMA)
 
     def blur(a: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(a, SSIM_SIGMA, truncate=SSIM_RADIUS / SSIM_SIGMA)
+        return ndimage.gaussian_filter(a, sigma, truncate=SSIM_RADIUS / SSIM_SIGMA)
 
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return float(_masked(s, mask).mean())
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def ssim(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean structural similarity of two 2D images in [0,1]."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"ssim needs two 2D images of one shape, got {x.shape} and {y.shape}")
+    return float(_masked(_ssim_map(x, y), mask).mean())
+
+
+def ssim_to_each(x: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Whole-image SSIM of one 2D image against every image of a stack (N, H, W): shape (N,)."""
+    x, bank = np.asarray(x), np.asarray(bank)
+    if x.ndim != 2 or bank.ndim != 3 or bank.shape[1:] != x.shape:
+        raise ValueError(f"ssim_to_each needs (H, W) and (N, H, W), got {x.shape} and {bank.shape}")
+    return _ssim_map(x[None], bank).mean(axis=(1, 2))
 
 
 def mse(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> float:

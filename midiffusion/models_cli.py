@@ -38,6 +38,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     samples.add_argument("--steps", type=int, default=50)
     samples.add_argument("--seed", type=int, default=0)
     samples.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the card's sampler")
+    samples.add_argument(
+        "--beside",
+        metavar="SET",
+        help="a training set (e.g. t1-train): put as many of its slices, drawn at random, beside "
+        "the samples, and print each sample's SSIM to its nearest slice of the set",
+    )
+    samples.add_argument("--data-dir", type=Path, help="default: $MIDIFF_DATA_DIR or the cache")
     pub = sub.add_parser("publish", help="store a training run's EMA weights as a new version")
     pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
     pub.add_argument("--name", required=True)
@@ -95,14 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 v = store.verified(name, version)
                 print(f"ok\t{v.card.name} v{v.card.version}\t{v.card.sha256}")
         elif args.action == "samples":
-            v = store.verified(args.name, args.version)
-            grid = sample_grid(
-                v.card.model_dump(), v.weights_path, args.n, args.steps, args.seed, args.sampler
-            )
-            from midiffusion.imaging import save_png
-
-            save_png(grid, args.out)
-            print(f"{args.n} unconditional samples of {v.card.name} v{v.card.version}: {args.out}")
+            _samples(store, args)
         elif args.action == "publish":
             from midiffusion.train import export_model
 
@@ -137,25 +137,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def sample_grid(
-    card: dict, weights: Path, n: int, steps: int, seed: int, sampler: str | None = None
-):
-    """Unconditional samples (guidance 0: the target prior alone) tiled into one image."""
-    import numpy as np
-    import torch
+def _samples(store: ModelStore, args: argparse.Namespace) -> None:
+    from midiffusion import prior_check
+    from midiffusion.data.sets import training_slices
+    from midiffusion.imaging import save_png
 
-    from midiffusion.samplers import get_sampler
-    from midiffusion.translate import Translator
-
-    t = Translator.load(card, weights)
-    sigmas = t.schedule.sampling_sigmas(steps).float()
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, t.grid, t.grid, generator=gen) * sigmas[0]
-    denoiser = t.denoiser(None, 0.0)
-    x0 = get_sampler(sampler or t.sampling["sampler"])(denoiser, x, sigmas, generator=gen)
-    imgs = [np.rot90(a) for a in t.spec.to_unit(x0)[:, 0].numpy()]  # anterior up
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    pad = [np.zeros_like(imgs[0])] * (rows * cols - n)
-    tiles = imgs + pad
-    return np.vstack([np.hstack(tiles[r * cols : (r + 1) * cols]) for r in range(rows)])
+    v = store.verified(args.name, args.version)
+    training = training_slices(args.beside, args.data_dir) if args.beside else None  # fail early
+    images = prior_check.unconditional_samples(
+        v.card.model_dump(), v.weights_path, args.n, args.steps, args.seed, args.sampler
+    )
+    if training is None:
+        save_png(prior_check.tile(images), args.out)
+        print(f"{args.n} unconditional samples of {v.card.name} v{v.card.version}: {args.out}")
+        return
+    real = prior_check.random_slices(training, args.n, args.seed)
+    save_png(prior_check.beside(images, real), args.out)
+    print(
+        f"{args.n} unconditional samples of {v.card.name} v{v.card.version} (left) beside "
+        f"{len(real)} random {args.beside} slices (right): {args.out}"
+    )
+    print(f"SSIM to the nearest {args.beside} slice or its mirror image (1 = a copy):")
+    unseen = prior_check.unseen_real_slices(args.data_dir)
+    for line in prior_check.nearest_ssim_report(images, training, unseen):
+        print(f"  {line}")

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
@@ -73,27 +72,6 @@ def test_store_is_torch_free():
     code = "import sys, model_store; model_store.ModelStore().list(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_unconditional_sample_grid(tiny_model_store):
-    from midiffusion.models_cli import sample_grid
-
-    v = tiny_model_store.verified("tiny")
-    grid = sample_grid(v.card.model_dump(), v.weights_path, n=5, steps=3, seed=0)
-    assert grid.shape == (2 * 32, 3 * 32)  # 5 samples in 2 rows of 3, one tile padded
-    assert grid.min() >= 0 and grid.max() <= 1
-    tiles = [grid[:32, :32], grid[:32, 32:64]]
-    assert not np.array_equal(*tiles)  # independent noise per sample
-
-
-def test_unconditional_sample_grid_with_a_stochastic_sampler_repeats_its_seed(tiny_model_store):
-    from midiffusion.models_cli import sample_grid
-
-    v = tiny_model_store.verified("tiny")
-    card = v.card.model_dump()
-    a, b = (sample_grid(card, v.weights_path, 2, 3, seed=1, sampler="euler-a") for _ in range(2))
-    ddim = sample_grid(card, v.weights_path, 2, 3, seed=1, sampler="ddim")
-    assert np.array_equal(a, b) and not np.array_equal(a, ddim)
 
 
 def test_publish_command_records_the_sampling_it_is_given(tiny_training_set, tmp_path):

@@ -16,8 +16,9 @@ Slice-to-slice consistency: the mean absolute difference between neighbouring ev
 (inside either slice's mask), divided by the same figure for the ground truth. About 1: the output
 changes from slice to slice as much as real anatomy does; above 1: flicker.
 
-Writes ``results.json`` (settings, per-slice metrics, summaries), ``results.md`` (the tables) and
-``figure_<direction>.png`` (rows: slices; columns: source | each method | ground truth).
+Writes ``results.json`` (settings, per-slice metrics, summaries), ``results.md`` (the tables),
+``figure_<direction>.png`` (rows: slices; columns: source | each method | ground truth) and
+``metrics.json``, the default method's part for a model card (``models publish --metrics``).
 """
 
 from __future__ import annotations
@@ -307,7 +308,34 @@ def evaluate(
     results["figures"] = figures
     _write_text(out_dir / "results.md", markdown_report(results))
     _write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
+    card = card_metrics(results, f"every method in {out_dir / 'results.json'}")
+    _write_text(out_dir / "metrics.json", json.dumps(_json_safe(card), indent=2) + "\n")
     return results
+
+
+def card_metrics(results: dict, where: str) -> dict:
+    """The default method's summaries per direction, with the seed spread, for a model card."""
+    s = results["settings"]
+    seeds = ", ".join(str(x) for x in [s["seed"], *s["more_seeds"]])
+    directions = {}
+    for name, entry in results["directions"].items():
+        row = entry["methods"].get("midiffusion", {})
+        if row.get("status") != "ok":
+            continue
+        directions[name] = {
+            "midiffusion": row["summary"],
+            "n": entry["n"],
+            "slices": entry["slices"],
+            "seeds": entry.get("seeds", {}),
+        }
+    return {
+        "note": f"{'/'.join(s['protocols'])} run, {s['slices'] or 'all'} slices per direction, "
+        f"seeds {seeds}; {where}",
+        "protocol": results["protocol"],
+        "settings": s,
+        "environment": results["environment"],
+        "directions": directions,
+    }
 
 
 def _run_direction(

@@ -200,6 +200,7 @@ def test_baselines_only_run_needs_no_model(data_root, tmp_path, capsys) -> None:
         "identity",
     ]
     assert "baselines only" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["directions"] == {}
 
 
 def test_more_seeds_rerun_the_stochastic_methods(tiny_model_store, data_root, tmp_path) -> None:
@@ -217,6 +218,13 @@ def test_more_seeds_rerun_the_stochastic_methods(tiny_model_store, data_root, tm
         assert len({r["ssim_tar"] for r in runs}) == 3  # other noise, other volume
     table = (tmp_path / "results.md").read_text()
     assert "Across seeds" in table and "| T2w->T1 | midiffusion | PSNR | 0: " in table
+    # the card's part: the default method only, with its seed spread
+    card = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(card["directions"]) == ["T2w->T1"] and "seeds 0, 1, 2" in card["note"]
+    assert (
+        card["directions"]["T2w->T1"]["midiffusion"] == entry["methods"]["midiffusion"]["summary"]
+    )
+    assert card["directions"]["T2w->T1"]["seeds"] == spread
 
 
 def test_antithetic_switch_overrides_the_card(tiny_model_store, data_root, tmp_path) -> None:

@@ -42,12 +42,18 @@ def ssim(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float(_masked(_ssim_map(x, y), mask).mean())
 
 
-def ssim_to_each(x: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """Whole-image SSIM of one 2D image against every image of a stack (N, H, W): shape (N,)."""
+def ssim_to_each(x: np.ndarray, bank: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+    """SSIM of one 2D image against every image of a stack (N, H, W): shape (N,). With ``masks``
+    (N, H, W), each pair's mean runs over its own mask (an empty mask scores 0)."""
     x, bank = np.asarray(x), np.asarray(bank)
     if x.ndim != 2 or bank.ndim != 3 or bank.shape[1:] != x.shape:
         raise ValueError(f"ssim_to_each needs (H, W) and (N, H, W), got {x.shape} and {bank.shape}")
-    return _ssim_map(x[None], bank).mean(axis=(1, 2))
+    maps = _ssim_map(x[None], bank)
+    if masks is None:
+        return maps.mean(axis=(1, 2))
+    masks = np.broadcast_to(np.asarray(masks, bool), maps.shape)
+    counts = masks.sum(axis=(1, 2))
+    return np.where(counts > 0, (maps * masks).sum(axis=(1, 2)) / np.maximum(counts, 1), 0.0)
 
 
 def mse(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> float:

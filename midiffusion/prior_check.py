@@ -3,9 +3,10 @@
 Two looks at one question:
 - a figure: the samples beside as many random training slices, drawn uniformly like the training
   batches were, so that cerebellum and vertex slices (a quarter of t1-train) appear on both sides;
-- a number: each image's whole-image SSIM to its nearest training slice, left-right flips included
-  (training flips them). A memorised copy scores near 1. Slices of a real brain the model never saw
-  (the MNI152 T1 of the evaluation) show what a new, real slice scores.
+- a number: each image's SSIM to its nearest training slice over the two images' foreground,
+  left-right mirror images included (training mirrors them). A memorised copy scores near 1.
+  Slices of a real brain the model never saw (the MNI152 T1 of the evaluation) show what a new,
+  real slice scores.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 SEPARATOR_PX = 4  # white column between the samples and the real slices
+FOREGROUND = 0.1  # [0, 1] level above which a pixel is brain, not background (or its noise)
 
 
 def unconditional_samples(
@@ -65,11 +67,13 @@ def beside(samples: np.ndarray, real: np.ndarray) -> np.ndarray:
 
 
 def nearest_ssim(images: np.ndarray, training: np.ndarray) -> np.ndarray:
-    """Each image's SSIM to its most similar training slice or that slice's mirror image."""
+    """Each image's SSIM to its most similar training slice or that slice's mirror image, over
+    the pair's joint foreground (dark background would otherwise dominate the mean)."""
     from midiffusion.metrics import ssim_to_each
 
     bank = np.concatenate([training, training[:, ::-1, :]])  # axis 0 of a slice is right-left
-    return np.array([ssim_to_each(img, bank).max() for img in images])
+    bank_fg = bank > FOREGROUND
+    return np.array([ssim_to_each(x, bank, (x > FOREGROUND) | bank_fg).max() for x in images])
 
 
 def unseen_real_slices(root: Path | None = None) -> np.ndarray | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from midiffusion.metrics import mse, nmi, psnr, slice_metrics, ssim, summarise
+from midiffusion.metrics import mse, nmi, psnr, slice_metrics, ssim, ssim_to_each, summarise
 
 
 @pytest.fixture
@@ -50,3 +50,14 @@ def test_slice_metrics_and_summary(image):
     assert set(rows[1]) == {"ssim_src", "nmi_src"}
     s = summarise(rows[:1] * 3)
     assert s["psnr"] == {"mean": pytest.approx(20.0), "std": pytest.approx(0.0), "n": 3}
+
+
+def test_ssim_to_each_matches_ssim_and_honours_per_pair_masks(image):
+    bank = np.stack([image, 1 - image, np.roll(image, 3, axis=1)])
+    expected = [ssim(image, b) for b in bank]
+    np.testing.assert_allclose(ssim_to_each(image, bank), expected)
+    masks = np.zeros(bank.shape, bool)
+    masks[0, :10], masks[2, 5:20, 5:20] = True, True  # the second pair's mask is empty
+    got = ssim_to_each(image, bank, masks)
+    assert got[0] == pytest.approx(ssim(image, bank[0], masks[0]))
+    assert got[1] == 0.0 and got[2] == pytest.approx(ssim(image, bank[2], masks[2]))

@@ -46,12 +46,6 @@ def tile(images: np.ndarray) -> np.ndarray:
     return np.vstack([np.hstack(tiles[r * cols : (r + 1) * cols]) for r in range(rows)])
 
 
-def sample_grid(
-    card: dict, weights: Path, n: int, steps: int, seed: int, sampler: str | None = None
-) -> np.ndarray:
-    return tile(unconditional_samples(card, weights, n, steps, seed, sampler))
-
-
 def random_slices(slices: np.ndarray, n: int, seed: int) -> np.ndarray:
     """``n`` distinct slices drawn uniformly (as many as there are, if fewer)."""
     rng = np.random.default_rng(seed)

@@ -21,12 +21,14 @@ def _masked(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The SSIM map of two image stacks that broadcast, blurred over the last two axes only."""
+    """The SSIM map of two image stacks that broadcast, blurred over the last two axes only.
+    Each side's own statistics are blurred at its own shape (one image against a stack blurs that
+    image once); only the cross term needs the broadcast shape."""
     c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
-    x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
-    sigma = (0,) * (x.ndim - 2) + (SSIM_SIGMA, SSIM_SIGMA)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
 
     def blur(a: np.ndarray) -> np.ndarray:
+        sigma = (0,) * (a.ndim - 2) + (SSIM_SIGMA, SSIM_SIGMA)
         return ndimage.gaussian_filter(a, sigma, truncate=SSIM_RADIUS / SSIM_SIGMA)
 
     mx, my = blur(x), blur(y)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from midiffusion import augment
 from midiffusion.conditioning import ConditioningSpec
 from midiffusion.devices import DEVICE_HELP, resolve_device
 from midiffusion.intensity import foreground_mean
@@ -67,6 +68,11 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     cond_dropout: float = 0.1
+    # fraction of each batch whose slices are rotated, scaled and warped (augment.spatial)
+    spatial_aug: float = 0.0
+    # fraction of each batch conditioned on a randomly re-contrasted copy of the target instead
+    # of the target itself (augment.recontrast): the prior learns LMI maps of other contrasts
+    recontrast: float = 0.0
     iterations: int = 20000
     checkpoint_every: int = 100
     log_every: int = 10
@@ -90,8 +96,8 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # the shipped T1 model: ~3.5M parameters
-    "t1w": {"cond_dropout": 0.2},
+    # the shipped T1 model: ~3.5M parameters, conditioned on randomised contrasts
+    "t1w": {"cond_dropout": 0.2, "spatial_aug": 0.5, "recontrast": 0.8},
     # the published pipeline's conditioning: faithful LMI (NMI) on the raw VP state, data in
     # [0,1]; needed for the benchmark's "faithful" method (1000-step DDPM at sampling)
     "t1w-faithful": {
@@ -212,25 +218,43 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.data = torch.from_numpy(data).unsqueeze(1)
-        # the self-LMI of every training slice, computed once (flips commute with LMI)
-        with torch.no_grad():
-            self.self_maps = torch.cat([self.spec.self_map(chunk) for chunk in self.data.split(64)])
+        # without augmentation the self-LMI of every training slice is computed once (flips
+        # commute with LMI); augmented slices and sources need theirs each step
+        self.self_maps: torch.Tensor | None = None
+        if not (config.spatial_aug or config.recontrast):
+            with torch.no_grad():
+                self.self_maps = torch.cat(
+                    [self.spec.self_map(chunk) for chunk in self.data.split(64)]
+                )
 
     # --- one step ---------------------------------------------------------------------------
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(target slices, their conditioning source, the source's self-LMI)."""
         cfg = self.config
-        idx = torch.randint(len(self.data), (cfg.batch_size,), generator=self.gen)
-        flip = torch.rand(cfg.batch_size, generator=self.gen) < 0.5
-        y, s = self.data[idx].clone(), self.self_maps[idx].clone()
+        n = cfg.batch_size
+        idx = torch.randint(len(self.data), (n,), generator=self.gen)
+        flip = torch.rand(n, generator=self.gen) < 0.5
+        y = self.data[idx].clone()
         # mirror about the midline: axis -2 runs right-left (sets.py); axis -1 is anterior, and a
         # front-back flip would teach the prior brains that do not exist
-        y[flip], s[flip] = y[flip].flip(-2), s[flip].flip(-2)
+        y[flip] = y[flip].flip(-2)
+        if self.self_maps is not None:  # no augmentation: the banked self-LMI (flips commute)
+            src, s = y, self.self_maps[idx].clone()
+            s[flip] = s[flip].flip(-2)
+        else:
+            warp = torch.rand(n, generator=self.gen) < cfg.spatial_aug
+            if warp.any():
+                y[warp] = augment.spatial(y[warp], self.gen).clamp(0, 1)
+            src = y.clone()
+            other = torch.rand(n, generator=self.gen) < cfg.recontrast
+            if other.any():
+                src[other] = augment.recontrast(y[other], self.gen)
+            with torch.no_grad():
+                s = self.spec.self_map(src.to(self.device)).cpu()
         if cfg.crop:
-            corners = torch.randint(
-                cfg.grid_size - cfg.crop + 1, (cfg.batch_size, 2), generator=self.gen
-            ).tolist()
-            y, s = (_crop(v, corners, cfg.crop) for v in (y, s))
-        return y, s
+            corners = torch.randint(cfg.grid_size - cfg.crop + 1, (n, 2), generator=self.gen)
+            y, src, s = (_crop(v, corners.tolist(), cfg.crop) for v in (y, src, s))
+        return y, src, s
 
     def _timesteps(self) -> torch.Tensor:
         """Antithetic draw, as published: t and T-1-t in equal numbers."""
@@ -249,17 +273,17 @@ class Trainer:
         cfg = self.config
         for group in self.opt.param_groups:
             group["lr"] = self.learning_rate(self.step)
-        y01, self_map = self._batch()
+        y01, src01, self_map = self._batch()
         t = self._timesteps()
         eps = torch.randn(y01.shape, generator=self.gen)
         keep = torch.rand(cfg.batch_size, generator=self.gen) >= cfg.cond_dropout
         sigma = self.sigmas[t]
-        y01, self_map, eps, sigma, keep, t = (
-            v.to(self.device) for v in (y01, self_map, eps, sigma, keep, t)
+        y01, src01, self_map, eps, sigma, keep, t = (
+            v.to(self.device) for v in (y01, src01, self_map, eps, sigma, keep, t)
         )
         x_ve = self.spec.to_model(y01) + sigma.view(-1, 1, 1, 1) * eps
         with torch.no_grad():
-            cond = self.spec.condition(y01, x_ve, sigma, self_map)
+            cond = self.spec.condition(src01, x_ve, sigma, self_map)
         x_vp = ve_to_vp(x_ve, sigma.view(-1, 1, 1, 1))
         with network_autocast(self.precision, self.device):
             pred = self.net(x_vp, t.float(), cond, keep)

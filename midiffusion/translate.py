@@ -1,10 +1,11 @@
 """Whole-volume translation: volume -> grid slices -> batched guided sampling -> volume.
 
-Geometry: the input is reoriented to RAS through its affine (never guessed), cut into axial slices
-(or the one slice of a 2D image), and every slice is resampled onto the model's square grid with
-one field of view per volume: the foreground's in-plane bounding box, larger side + 10 %, the same
-recipe the training and evaluation sets are built with (``midiffusion/data``). Results are mapped
-back to the input's own voxels, array layout, affine and header. Background stays background.
+Geometry: the input is reordered to RAS through its affine (never guessed; exact flips and
+permutations), masked in its slice plane, cut into axial slices (or the one slice of a 2D image)
+and every slice is resampled onto the model's square grid with one field of view per volume: the
+foreground's in-plane bounding box, larger side + 10 %, with the very functions that build the
+training and evaluation sets (``midiffusion.data.geometry``). Results are mapped back to the
+input's own voxels, array layout, affine and header. Background stays background.
 
 Consistency between slices: every slice starts from the same initial noise (seeded), and the
 stochastic samplers add the same step noise to every slice (``samplers.shared_noise``), so
@@ -28,6 +29,7 @@ from safetensors.torch import load_file
 from scipy import ndimage
 
 from midiffusion.conditioning import ConditioningSpec
+from midiffusion.data.geometry import Grid, canonical, resample, slice_grid, voxel_sizes
 from midiffusion.data.recipe import Recipe
 from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.imaging import output_like
@@ -56,38 +58,39 @@ Progress = Callable[[int, int], None]
 
 
 # --------------------------------------------------------------------------------------------
-# geometry: input array <-> RAS slices <-> model grid
+# geometry: input array <-> RAS slices <-> model grid (midiffusion.data.geometry)
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SliceGeometry:
-    """How one volume maps onto the model grid and back."""
+class SlicePlan:
+    """How one image maps onto the model grid and back."""
 
-    shape: tuple[int, ...]  # the input's array shape (3D)
     ornt: np.ndarray  # the input's orientation (nibabel ornt), read from its affine
+    ras_affine: np.ndarray  # the affine of the input reordered to RAS (exact flips/permutes)
     ras_shape: tuple[int, int, int]
-    slice_axis: int  # in RAS array space
-    zooms: tuple[float, float]  # mm per voxel along the two in-plane axes
-    center: tuple[float, float]  # FOV centre in in-plane voxel coordinates
-    side_mm: float
-    grid: int
+    slice_axis: int  # in RAS array space: the axis the input is cut along
+    grid: Grid  # grid voxel (i, j, k) -> world, k the input's k-th slice
 
-    def grid_coords(self) -> np.ndarray:
-        """Voxel coordinates (2, G, G) in the slice plane of every grid pixel centre."""
-        g = (np.arange(self.grid) + 0.5 - self.grid / 2) * (self.side_mm / self.grid)
-        p = self.center[0] + g / self.zooms[0]
-        q = self.center[1] + g / self.zooms[1]
-        return np.stack(np.meshgrid(p, q, indexing="ij"))
+    def to_grid(self, ras_volume: np.ndarray, order: int = 1) -> np.ndarray:
+        """(n_slices, G, G) model-grid slices of a RAS volume."""
+        out = resample(ras_volume, self.ras_affine, self.grid, order=order, antialias=order > 0)
+        return np.moveaxis(out, 2, 0)
 
-    def voxel_coords(self, plane_shape: tuple[int, int]) -> np.ndarray:
-        """Grid coordinates (2, P, Q) of every in-plane voxel centre."""
-        step = self.side_mm / self.grid
-        p = (np.arange(plane_shape[0]) - self.center[0]) * self.zooms[0] / step
-        q = (np.arange(plane_shape[1]) - self.center[1]) * self.zooms[1] / step
-        p, q = p + self.grid / 2 - 0.5, q + self.grid / 2 - 0.5
-        return np.stack(np.meshgrid(p, q, indexing="ij"))
+    def from_grid(self, grid_slices: np.ndarray) -> np.ndarray:
+        """(n_slices, G, G) grid slices back in the input's own array layout."""
+        ras = resample(
+            np.moveaxis(grid_slices, 0, 2),
+            self.grid.affine,
+            Grid(self.ras_affine, self.ras_shape),
+            antialias=False,
+        )
+        return self.to_input(ras)
+
+    def to_input(self, ras_volume: np.ndarray) -> np.ndarray:
+        return apply_orientation(ras_volume, ornt_transform(axcodes2ornt("RAS"), self.ornt))
 
 
 def _as_volume(img: nib.Nifti1Image) -> np.ndarray:
+    """The image's voxels as a float32 3D array in its own layout, or a clear refusal."""
     arr = np.asarray(img.dataobj, dtype=np.float32)
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
@@ -105,101 +108,86 @@ def _as_volume(img: nib.Nifti1Image) -> np.ndarray:
         raise TranslationInputError(
             f"the image contains {bad} NaN or infinite voxels; replace them (e.g. with 0) first"
         )
+    if float(arr.max()) == float(arr.min()):
+        raise TranslationInputError(
+            f"the image is constant (every voxel is {float(arr.min()):g}): there is no anatomy "
+            "to translate"
+        )
+    check_affine(img.affine)
     return arr
 
 
-def normalise(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Intensities to [0,1] by robust percentiles, and a foreground mask.
+def check_affine(affine: np.ndarray) -> None:
+    """Refuse an affine that cannot place voxels in space (non-finite, or collapsing an axis)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise TranslationInputError("the image affine (qform/sform) holds NaN or infinite values")
+    linear = affine[:3, :3]
+    sizes = voxel_sizes(affine)
+    if sizes.min() <= 0 or abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(sizes)):
+        raise TranslationInputError(
+            "the image affine is degenerate (it maps two voxel axes onto one line or an axis to "
+            "a point): accepted is an affine with three independent axes of non-zero voxel size"
+        )
+
+
+def normalise(volume: np.ndarray, slice_axis: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Intensities to [0,1] by robust percentiles, and a foreground mask made in the slice plane.
 
     The 99.5th percentile of the foreground maps to 1, as in the data recipe; the background
-    level (0 for skull-stripped MR, the 0.5th percentile otherwise) maps to 0.
+    level (0 for skull-stripped MR, the 0.5th percentile otherwise) maps to 0. The mask's
+    opening and hole filling act within each slice (a structuring element flat along
+    ``slice_axis``), so one- and two-slice images and the end slices of a volume keep their rim.
     """
     lo = 0.0 if volume.min() >= 0 else float(np.percentile(volume, 0.5))
     x = volume - lo
     rough = float(np.percentile(x, 99.9))
     if rough <= 0:
+        rough = float(x.max())  # a small object on a large background: its few bright voxels
+    if rough <= 0:
         raise TranslationInputError("the image is constant: there is nothing to translate")
     hi = float(np.percentile(x[x > FOREGROUND_THRESHOLD * rough], 99.5))
     x01 = np.clip(x / hi, 0, 1).astype(np.float32)
-    mask = x01 > FOREGROUND_THRESHOLD
-    mask = ndimage.binary_opening(mask, iterations=1) if mask.sum() > 1000 else mask
+    in_plane = ndimage.generate_binary_structure(3, 1)
+    in_plane[tuple(0 if a == slice_axis else slice(None) for a in range(3))] = False
+    in_plane[tuple(2 if a == slice_axis else slice(None) for a in range(3))] = False
+    mask = ndimage.binary_opening(x01 > FOREGROUND_THRESHOLD, structure=in_plane)
     labels, n = ndimage.label(mask)
     if n > 1:  # keep the largest connected component (drops speckle in noisy backgrounds)
         sizes = ndimage.sum(mask, labels, range(1, n + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
-    for k in range(mask.shape[2]):
-        mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+    mask = ndimage.binary_fill_holes(mask, structure=in_plane)
     return x01, mask
 
 
-def plan_geometry(img: nib.Nifti1Image, volume: np.ndarray, mask: np.ndarray, grid: int):
-    """Reorient ``volume``/``mask`` to RAS and choose the slice axis and field of view."""
-    ornt = io_orientation(img.affine)
-    to_ras = ornt_transform(ornt, axcodes2ornt("RAS"))
-    vol = apply_orientation(volume, to_ras)
-    msk = apply_orientation(mask, to_ras)
-    ras_zooms = _ras_zooms(img, to_ras)
-    singleton = [a for a in range(3) if vol.shape[a] == 1]
-    slice_axis = singleton[0] if len(singleton) == 1 else 2
-    plane = [a for a in range(3) if a != slice_axis]
-    if min(vol.shape[a] for a in plane) < MIN_INPLANE:
+def plan_slices(
+    image: nib.Nifti1Image, volume: np.ndarray, grid: int
+) -> tuple[SlicePlan, np.ndarray, np.ndarray]:
+    """Reorient ``volume`` to RAS, mask it in its slice plane and place its slices on the grid.
+
+    Returns the plan, the RAS volume in [0, 1] and its mask. The slice axis is the one axis of
+    a single slice (or of a two-slice image), else the axial one."""
+    ornt = io_orientation(image.affine)
+    ras, ras_affine = canonical(nib.Nifti1Image(volume, image.affine))
+    few = [a for a in range(3) if ras.shape[a] <= 2]
+    slice_axis = few[0] if len(few) == 1 else 2
+    plane = [ras.shape[a] for a in range(3) if a != slice_axis]
+    if min(plane) < MIN_INPLANE:
         raise TranslationInputError(
-            f"the slices are {vol.shape[plane[0]]}x{vol.shape[plane[1]]} voxels: at least "
+            f"the slices are {plane[0]}x{plane[1]} voxels: at least "
             f"{MIN_INPLANE}x{MIN_INPLANE} are needed"
         )
-    if not msk.any():
+    x01, mask = normalise(ras, slice_axis)
+    if not mask.any():
         raise TranslationInputError("no foreground found: the image looks empty")
-    idx = np.nonzero(msk.any(axis=slice_axis))
-    zooms = (float(ras_zooms[plane[0]]), float(ras_zooms[plane[1]]))
-    lo = [float(i.min()) for i in idx]
-    hi = [float(i.max()) for i in idx]
-    # between the outermost voxel centres, as midiffusion.data.geometry.square_fov measures it
-    extent_mm = max((hi[0] - lo[0]) * zooms[0], (hi[1] - lo[1]) * zooms[1])
-    geom = SliceGeometry(
-        shape=volume.shape,
+    plan = SlicePlan(
         ornt=ornt,
-        ras_shape=vol.shape,
+        ras_affine=ras_affine,
+        ras_shape=ras.shape,
         slice_axis=slice_axis,
-        zooms=zooms,
-        center=((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2),
-        side_mm=extent_mm * (1 + FOV_MARGIN),
-        grid=grid,
+        grid=slice_grid(mask, ras_affine, grid, FOV_MARGIN, slice_axis),
     )
-    return geom, vol, msk
-
-
-def _ras_zooms(img: nib.Nifti1Image, to_ras: np.ndarray) -> np.ndarray:
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
-    out = np.empty(3)
-    for src_axis, (dst_axis, _flip) in enumerate(to_ras):
-        out[int(dst_axis)] = zooms[src_axis]
-    return out
-
-
-def to_grid(geom: SliceGeometry, ras_volume: np.ndarray, order: int = 1) -> np.ndarray:
-    """(n_slices, G, G) model-grid slices of a RAS volume."""
-    slices = np.moveaxis(ras_volume, geom.slice_axis, 0).astype(np.float32)
-    coords = geom.grid_coords()
-    factor = (geom.side_mm / geom.grid) / np.array(geom.zooms)
-    sigma = np.maximum(0.0, (factor - 1) / 2)  # mild anti-aliasing when shrinking
-    out = np.empty((slices.shape[0], geom.grid, geom.grid), np.float32)
-    for k, s in enumerate(slices):
-        if order > 0 and sigma.max() > 0:
-            s = ndimage.gaussian_filter(s, sigma)
-        out[k] = ndimage.map_coordinates(s, coords, order=order, mode="constant", cval=0.0)
-    return out
-
-
-def from_grid(geom: SliceGeometry, grid_slices: np.ndarray) -> np.ndarray:
-    """Map (n_slices, G, G) grid slices back to the input's array layout."""
-    n = grid_slices.shape[0]
-    plane = tuple(s for a, s in enumerate(geom.ras_shape) if a != geom.slice_axis)
-    coords = geom.voxel_coords(plane)
-    ras = np.empty((n, *plane), np.float32)
-    for k in range(n):
-        ras[k] = ndimage.map_coordinates(grid_slices[k], coords, order=1, mode="constant")
-    ras = np.moveaxis(ras, 0, geom.slice_axis)
-    return apply_orientation(ras, ornt_transform(axcodes2ornt("RAS"), geom.ornt))
+    return plan, x01, mask
 
 
 def _draws_per_batch(slices: int, samples: int, batch_size: int) -> int:
@@ -348,10 +336,9 @@ class Translator:
         ``options`` are those of :meth:`translate_slices` (steps, seed, sampler, guidance,
         samples, batch_size, progress, should_cancel)."""
         volume = _as_volume(image)
-        x01, mask = normalise(volume)
-        geom, ras, ras_mask = plan_geometry(image, x01, mask, self.grid)
-        src = to_grid(geom, ras)
-        msk = to_grid(geom, ras_mask.astype(np.float32)) > 0.5
+        plan, ras, ras_mask = plan_slices(image, volume, self.grid)
+        src = plan.to_grid(ras)
+        msk = plan.to_grid(ras_mask.astype(np.float32)) > 0.5
         keep = np.nonzero(msk.reshape(len(msk), -1).any(axis=1))[0]
         result = np.zeros_like(src)
         if len(keep):
@@ -359,5 +346,5 @@ class Translator:
             if anchor or (anchor is None and len(keep) >= MIN_ANCHOR_SLICES):
                 result[keep] = self.anchor(result[keep], msk[keep])
         result *= msk
-        back = from_grid(geom, result) * mask.reshape(geom.shape)
+        back = plan.from_grid(result) * plan.to_input(ras_mask)
         return output_like(image, back.reshape(image.shape))

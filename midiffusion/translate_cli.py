@@ -1,8 +1,9 @@
 """``midiffusion translate INPUT -m MODEL -o OUTPUT``: one image through a stored model.
 
 Inputs and outputs: NIfTI (.nii, .nii.gz; 3D volumes or 2D slices, geometry kept) and PNG (a 2D
-greyscale slice). A PNG input is translated as a 2D image with an identity affine; a PNG output
-needs a single-slice result. Intensities are normalised as ``Translator.translate`` does.
+greyscale slice). A PNG input is a slice as a viewer shows it (``PNG_AFFINE``: anterior up, the
+patient's right on the right); a PNG output needs a single-slice result. Intensities are
+normalised as ``Translator.translate`` does.
 
 ``--mode`` picks the conditioning family: ``clean`` (the project's LMI; the default) or
 ``faithful`` (the published LMI and 1000-step DDPM chain, which needs a model trained with
@@ -28,6 +29,9 @@ from midiffusion.precision import PRECISION_HELP, PRECISIONS
 from model_store import SAMPLER_NAMES
 
 PNG_SUFFIX = ".png"
+# A PNG is a slice as a viewer shows it: anterior at the top, the patient's right on the right.
+# Rows run posterior-ward, columns right-ward (1 mm pixels); the output PNG keeps that layout.
+PNG_AFFINE = np.array([[0.0, 1, 0, 0], [-1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
 ANCHOR_CHOICES = {"auto": None, "on": True, "off": False}
 FAITHFUL_DEFAULTS = {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "samples": 1}
 
@@ -95,7 +99,7 @@ def _load_input(path: Path) -> nib.Nifti1Image:
         raise ImageFormatError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageFormatError(f"{path}: the file is empty; expected a PNG image")
-    return nib.Nifti1Image(load_png(path), np.eye(4))
+    return nib.Nifti1Image(load_png(path), PNG_AFFINE)
 
 
 def _model_mode(card) -> str:

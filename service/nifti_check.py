@@ -3,8 +3,9 @@
 Only what can be decided cheaply and without torch is checked here: it is a single-file NIfTI-1
 or NIfTI-2, 2D or 3D, of a real numeric type, a sane size, a finite affine and positive voxel
 sizes, and all the voxel bytes the header promises are present (a gzip stream is decompressed
-and counted, never kept, and never beyond the promised length). Voxel values (NaN, constant
-images) are the worker's to judge.
+and counted, never kept, and never beyond the promised length). That same pass keeps the
+smallest and largest voxel value, so a constant image is refused here; NaN and what needs the
+whole array in memory are the worker's to judge.
 """
 
 from __future__ import annotations
@@ -43,22 +44,51 @@ def suffix_for(first_bytes: bytes) -> str:
     return ".nii.gz" if first_bytes[:2] == GZIP_MAGIC else ".nii"
 
 
-def _voxel_bytes_present(path: Path, offset: int, expected: int, gz: bool) -> int:
-    """How many voxel bytes follow the header, counting at most ``expected``."""
-    if not gz:
-        return max(0, min(path.stat().st_size - offset, expected))
+class _VoxelRange:
+    """Running min and max over a stream of voxel bytes, fed in arbitrary chunks."""
+
+    def __init__(self, dtype: np.dtype, offset: int, expected: int) -> None:
+        self.dtype, self.skip, self.left = dtype, offset, expected
+        self.carry = b""
+        self.lo, self.hi = np.inf, -np.inf
+
+    def feed(self, chunk: bytes) -> None:
+        if self.skip:
+            cut = min(self.skip, len(chunk))
+            chunk, self.skip = chunk[cut:], self.skip - cut
+        chunk = self.carry + chunk[: self.left]
+        self.left -= len(chunk) - len(self.carry)
+        whole = len(chunk) - len(chunk) % self.dtype.itemsize
+        self.carry = chunk[whole:]
+        if whole:
+            values = np.frombuffer(chunk[:whole], dtype=self.dtype)
+            finite = values[np.isfinite(values)] if self.dtype.kind == "f" else values
+            if finite.size:
+                self.lo = min(self.lo, float(finite.min()))
+                self.hi = max(self.hi, float(finite.max()))
+
+
+def _scan_voxels(path: Path, offset: int, expected: int, gz: bool, vrange: _VoxelRange) -> int:
+    """Stream the voxel bytes after the header into ``vrange``; how many are present (at most
+    ``expected``). Memory stays bounded: a small gzip can expand to anything."""
     need = offset + expected
     seen = 0
-    decomp = zlib.decompressobj(wbits=31)  # 31: gzip container
+    decomp = zlib.decompressobj(wbits=31) if gz else None  # 31: gzip container
     try:
         with open(path, "rb") as fh:
             while seen < need:
-                chunk = decomp.unconsumed_tail or fh.read(1 << 20)
+                if decomp is None:
+                    chunk = fh.read(1 << 22)
+                else:
+                    raw = decomp.unconsumed_tail or fh.read(1 << 20)
+                    chunk = decomp.decompress(raw, 1 << 22) if raw else b""
                 if not chunk:
-                    break
-                # max_length bounds memory: a small gzip can expand to anything.
-                seen += len(decomp.decompress(chunk, 1 << 22))
-                if decomp.eof:
+                    if decomp is None or not decomp.unconsumed_tail:
+                        break
+                    continue
+                seen += len(chunk)
+                vrange.feed(chunk)
+                if decomp is not None and decomp.eof:
                     break
     except zlib.error as exc:
         raise NiftiRejected(f"the gzip stream is damaged ({exc}); accepted: {ACCEPTED}") from exc
@@ -75,10 +105,8 @@ def check_nifti(path: Path, *, output_format: str = "nifti") -> NiftiSummary:
         raise NiftiRejected(f"the file is empty; accepted: {ACCEPTED}")
     try:
         img = nib.load(path)
-    except Exception as exc:  # nibabel raises several types for the same problem
-        raise NiftiRejected(
-            f"this is not a readable NIfTI file ({type(exc).__name__}: {exc}); accepted: {ACCEPTED}"
-        ) from exc
+    except Exception as exc:  # nibabel's messages name the stored file: not for the user
+        raise NiftiRejected(f"this is not a readable NIfTI file; accepted: {ACCEPTED}") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise NiftiRejected(f"this is a {type(img).__name__}, not NIfTI; accepted: {ACCEPTED}")
     header = img.header
@@ -121,14 +149,27 @@ def check_nifti(path: Path, *, output_format: str = "nifti") -> NiftiSummary:
     zooms = tuple(float(z) for z in header.get_zooms()[: len(shape)])
     if not all(np.isfinite(z) and z > 0 for z in zooms[: min(3, len(shape))]):
         raise NiftiRejected(f"voxel sizes {zooms} must be positive and finite (pixdim)")
+    linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+    sizes = np.sqrt((linear**2).sum(axis=0))
+    if sizes.min() <= 0 or abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(sizes)):
+        raise NiftiRejected(
+            "the image affine (qform/sform) is degenerate: it maps two voxel axes onto one line "
+            "or an axis to a point; accepted is an affine with three independent axes"
+        )
 
-    offset = int(header.get_data_offset())
+    offset = int(img.dataobj.offset)  # where the reader starts (the header may say 0)
     expected = n_voxels * dtype.itemsize
-    present = _voxel_bytes_present(path, offset, expected, gz)
+    vrange = _VoxelRange(dtype, offset, expected)
+    present = _scan_voxels(path, offset, expected, gz, vrange)
     if present < expected:
         raise NiftiRejected(
             f"the file is truncated: the header promises {expected} bytes of voxel data "
             f"({shape} x {dtype}), the file holds {present}"
+        )
+    if vrange.lo == vrange.hi:
+        raise NiftiRejected(
+            f"the image is constant (every voxel is {vrange.lo:g}): there is no anatomy to "
+            "translate"
         )
 
     is_2d = len(shape) == 2 or (len(shape) >= 3 and all(n == 1 for n in shape[2:]))

@@ -48,8 +48,12 @@ def test_contrast_orderings_of_the_benchmark_sequences() -> None:
     assert s["t2w"]["csf"] > s["t2w"]["gm"] > s["t2w"]["wm"]  # T2w: CSF bright
     assert s["flair"]["gm"] > s["flair"]["wm"] > s["flair"]["csf"]  # FLAIR: CSF dark
     assert s["flair"]["csf"] < 0.2 * s["flair"]["wm"]
-    pdw = list(s["pdw"].values())
+    pdw = [s["pdw"][t] for t in ("gm", "wm", "csf")]
     assert max(pdw) - min(pdw) < 0.1  # PDw: tissues close together (the hard low-contrast case)
+    # the head's tissues: bone dark everywhere, fat bright on T1-like and FLAIR, dark CSF on FLAIR
+    for seq in s.values():
+        assert seq["bone"] < 0.1 * max(seq.values())
+    assert s["flair"]["fat"] > s["flair"]["csf"] and s["pdw"]["fat"] > s["pdw"]["muscle"]
 
 
 def test_mix_is_probability_weighted_and_validates() -> None:
@@ -59,8 +63,8 @@ def test_mix_is_probability_weighted_and_validates() -> None:
     out = mix({"gm": gm, "wm": wm}, seq)
     sg, sw = signal(TISSUES["gm"], seq), signal(TISSUES["wm"], seq)
     np.testing.assert_allclose(out, [sg, sw, (sg + sw) / 2], rtol=1e-6)
-    with pytest.raises(ValueError, match="bone"):
-        mix({"bone": gm}, seq)
+    with pytest.raises(ValueError, match="cartilage"):
+        mix({"cartilage": gm}, seq)
     with pytest.raises(ValueError, match="ti_ms"):
         signal(Tissue(1, 1000, 100), Sequence("ir", 9000, 100))
     with pytest.raises(ValueError, match="kind"):

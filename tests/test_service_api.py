@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -214,6 +216,36 @@ def test_truncated_nifti_is_422(gateway: Gateway, tmp_path: Path) -> None:
     cut.write_bytes(whole[:-500])
     body = assert_problem(gateway.submit(cut), 422, "invalid-nifti")
     assert "truncated" in body["detail"]
+
+
+def _with_sform(data: np.ndarray, sform: np.ndarray, path: Path) -> Path:
+    header = nib.Nifti1Header()
+    for row, name in enumerate(("srow_x", "srow_y", "srow_z")):
+        header[name] = sform[row]
+    header["sform_code"], header["qform_code"] = 2, 0
+    nib.save(nib.Nifti1Image(data, None, header), path)  # no affine: the header's is kept
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "sform", "needle"),
+    [
+        (np.full((64, 64, 3), 5.0, np.float32), np.eye(4), "constant (every voxel is 5)"),
+        (None, np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), "degenerate"),
+    ],
+    ids=["constant", "singular affine"],
+)
+def test_constant_images_and_degenerate_affines_are_422(
+    gateway: Gateway, tmp_path: Path, data, sform, needle
+) -> None:
+    data = np.random.default_rng(0).random((64, 64, 3), np.float32) if data is None else data
+    for name in ("bad.nii", "bad.nii.gz"):
+        body = assert_problem(
+            gateway.submit(_with_sform(data, sform, tmp_path / name)), 422, "invalid-nifti"
+        )
+        assert needle in body["detail"]
+    assert files_under(gateway.storage) == []
+    assert gateway.queued_messages() == []
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def test_crop_training_sees_windows_and_rejects_bad_sizes(data, tmp_path):
     config = TrainConfig.load("tiny")
     config.crop = 16
     trainer = Trainer(config, data, tmp_path)
-    y, self_map = trainer._batch()
+    y, _src, self_map = trainer._batch()
     assert y.shape == self_map.shape == (config.batch_size, 1, 16, 16)
     # each window is a real part of a training slice (or its mirror image)
     for window in y[:, 0].numpy():
@@ -64,7 +64,7 @@ def test_augmentation_mirrors_left_right_never_front_back(tmp_path):
     }
     seen = set()
     for _ in range(8):
-        y, self_map = trainer._batch()
+        y, _src, self_map = trainer._batch()
         for image, smap in zip(y[:, 0].numpy(), self_map[:, 0], strict=True):
             kind, k = next(key for key, ref in refs.items() if np.array_equal(image, ref))
             seen.add(kind)

@@ -70,18 +70,21 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
     nan = _head()
     nan[10, 10, 2] = np.nan
     nib.save(nib.Nifti1Image(nan, eye), tmp / "nan.nii.gz")
-    nib.save(nib.Nifti1Image(np.ones((8, 8, 3), np.float32), eye), tmp / "small.nii.gz")
+    small = np.arange(8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
+    nib.save(nib.Nifti1Image(small, eye), tmp / "small.nii.gz")
+    nib.save(nib.Nifti1Image(np.full((64, 64, 3), 5.0, np.float32), eye), tmp / "flat.nii.gz")
     nib.save(nib.Nifti1Image(_head(), eye), tmp / "ok.nii.gz")
     return {
         "4D": (tmp / "4d.nii.gz", [], "4D series must be split"),
         "empty": (tmp / "empty.nii.gz", [], "the file is empty"),
         "NaN": (tmp / "nan.nii.gz", [], "1 NaN or infinite voxels"),
         "too small": (tmp / "small.nii.gz", [], "at least 16x16 are needed"),
+        "constant": (tmp / "flat.nii.gz", [], "the image is constant (every voxel is 5)"),
         "unknown model": (tmp / "ok.nii.gz", ["-m", "nope"], "unknown model 'nope'"),
     }
 
 
-CASES = ["4D", "empty", "NaN", "too small", "unknown model"]
+CASES = ["4D", "empty", "NaN", "too small", "constant", "unknown model"]
 
 
 def _check_one_line(err: str, case: str, expected: str) -> None:

@@ -34,6 +34,7 @@ BUILDERS: dict[str, str] = {
     "t1-train": "midiffusion.data.t1_train",
     "mni-synth": "midiffusion.data.mni_synth",
     "ct-real": "midiffusion.data.ct_real",
+    "head-synth": "midiffusion.data.head_synth",
 }
 
 SLICE_CONVENTION = (

@@ -30,7 +30,12 @@ class Grid:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in np.abs(np.diag(self.affine)[:3]))  # type: ignore[return-value]
+        return tuple(float(v) for v in voxel_sizes(self.affine))  # type: ignore[return-value]
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """mm per voxel along each array axis (the column norms: right for oblique affines too)."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
 def canonical(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +111,35 @@ def square_fov(mask: np.ndarray, affine: np.ndarray, margin: float) -> tuple[flo
     lo, hi = world_bbox(mask, affine)
     side = float(max(hi[0] - lo[0], hi[1] - lo[1])) * (1.0 + margin)
     return float((lo[0] + hi[0]) / 2), float((lo[1] + hi[1]) / 2), side
+
+
+def slice_grid(
+    mask: np.ndarray, affine: np.ndarray, size: int, margin: float, slice_axis: int = 2
+) -> Grid:
+    """The model grid for translating a volume slice by slice, in the volume's own slices.
+
+    Grid voxel (i, j, k) lies in the input's k-th slice along ``slice_axis``; in-plane, the
+    square field of view of :func:`square_fov` (the mask's bounding box, larger side x
+    (1 + ``margin``)) is sampled by ``size`` x ``size`` pixels, grid axis 0 along the first
+    remaining array axis. Built on the voxel axes rather than the world's, so a single slice
+    or an oblique acquisition is cut in its own plane; for an axis-aligned RAS volume it is the
+    same in-plane grid as :func:`plan_grid`'s (a test holds both to that).
+    """
+    plane = [a for a in range(3) if a != slice_axis]
+    idx = np.nonzero(np.asarray(mask).any(axis=slice_axis))
+    if len(idx[0]) == 0:
+        raise ValueError("the mask is empty")
+    lo = np.array([i.min() for i in idx], dtype=np.float64)
+    hi = np.array([i.max() for i in idx], dtype=np.float64)
+    zooms = voxel_sizes(affine)[plane]
+    side = float(((hi - lo) * zooms).max()) * (1.0 + margin)
+    step = side / size / zooms  # input voxels per grid pixel, along each in-plane axis
+    to_voxel = np.zeros((4, 4))
+    to_voxel[3, 3] = to_voxel[slice_axis, 2] = 1.0
+    for g, axis in enumerate(plane):
+        to_voxel[axis, g] = step[g]
+        to_voxel[axis, 3] = (lo[g] + hi[g]) / 2 - (size / 2 - 0.5) * step[g]
+    return Grid(affine=np.asarray(affine) @ to_voxel, shape=(size, size, mask.shape[slice_axis]))
 
 
 def _grid(cx: float, cy: float, side: float, size: int, z0: float, dz: float, n: int) -> Grid:

@@ -23,15 +23,22 @@ def scale_to_unit(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5)
 
 
 def flatten_axial_bias(
-    image: np.ndarray, mask: np.ndarray, level: float, window: int = 9, q: float = 90.0
+    image: np.ndarray,
+    mask: np.ndarray,
+    level: float | None,
+    window: int = 9,
+    q: float = 90.0,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """Divide out a slow intensity drift along the last (axial) axis.
 
     Some scans fall off towards the ends of the coil: the ROBEX reference head's bright-tissue
     level (the ``q``th percentile of each slice's brain) runs from 0.35 at the base to 0.91 mid-
     brain. That level, smoothed by a running median over ``window`` slices so single slices keep
-    their anatomy, is divided out; every slice's bright tissue then sits at ``level``. The
-    result is clipped to [0, 1] and zero outside the mask, like :func:`scale_to_unit`.
+    their anatomy, is divided out; every slice's bright tissue then sits at ``level`` (None: the
+    median level, which keeps the volume's overall scale). The
+    result is clipped to [0, 1] and zero outside ``keep`` (default: the mask), like
+    :func:`scale_to_unit`; a whole head is corrected by the drift measured in its brain.
     """
     area = (mask > 0).sum(axis=(0, 1))
     z = np.flatnonzero(area >= 0.1 * area.max())
@@ -44,8 +51,9 @@ def flatten_axial_bias(
         raise ValueError("cannot flatten an axial drift: a slice's bright-tissue level is 0")
     # slices outside the fitted range take the nearest fitted level
     per_slice = np.interp(np.arange(image.shape[-1]), z, smooth)
+    level = float(np.median(smooth)) if level is None else level
     out = np.clip(image * (level / per_slice), 0.0, 1.0)
-    out[mask == 0] = 0.0
+    out[(mask if keep is None else keep) == 0] = 0.0
     return out.astype(np.float32)
 
 

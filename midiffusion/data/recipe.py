@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
-SET_NAMES = ("t1-train", "mni-synth", "ct-real")
+SET_NAMES = ("t1-train", "mni-synth", "ct-real", "head-synth")
 
 
 @dataclass(frozen=True)

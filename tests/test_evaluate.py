@@ -1,6 +1,7 @@
 """The benchmark run end to end on small real data: every method, every direction, its files.
 
-mni-synth is built for real from the nilearn MNI152 files on the tiny model's 32 x 32 grid;
+mni-synth and head-synth are built for real from the nilearn MNI152 files and pydeface's mean
+head on the tiny model's 32 x 32 grid;
 ct-real and t1-train are small synthetic sets written with the data module's own writer.
 """
 
@@ -45,8 +46,9 @@ def _write(root: Path, name: str, kind: str, volumes: list[Volume]) -> None:
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("evaldata")
-    fetch_source(root, source_by_name("mni152"))
-    build_set("mni-synth", root, Recipe(grid=GRID, synth_slices=3), log=lambda _m: None)
+    for name, source in (("mni-synth", "mni152"), ("head-synth", "pydeface-mean")):
+        fetch_source(root, source_by_name(source))
+        build_set(name, root, Recipe(grid=GRID, synth_slices=3), log=lambda _m: None)
     affine = np.diag([4.0, 4.0, 2.0, 1.0])
     ct, ct_mask = _ellipsoid(GRID, 3, 0.5, 0.1)  # CT: dark ventricles, mid-grey tissue
     _write(
@@ -76,7 +78,15 @@ def run(tiny_model_store, data_root, tmp_path_factory) -> tuple[dict, Path]:
 def test_every_method_and_direction_is_reported(run) -> None:
     _, out = run
     saved = json.loads((out / "results.json").read_text())
-    assert list(saved["directions"]) == ["T2w->T1", "PDw->T1", "FLAIR->T1", "CT->T1"]
+    assert list(saved["directions"]) == [
+        "T2w->T1",
+        "PDw->T1",
+        "FLAIR->T1",
+        "CT->T1",
+        "head T2w->T1",
+        "head PDw->T1",
+        "head FLAIR->T1",
+    ]
     assert saved["model"]["name"] == "tiny" and saved["settings"]["seed"] == 0
     for name, entry in saved["directions"].items():
         assert list(entry["methods"]) == list(ROWS)
@@ -131,7 +141,7 @@ def test_markdown_table_and_figures(run) -> None:
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     metric_rows = [r for r in rows if r.count("|") == 12 and "direction" not in r]
-    assert len(metric_rows) == 4 * len(ROWS)
+    assert len(metric_rows) == 7 * len(ROWS)
     assert any("FLAIR->T1 | midiffusion | 2 | " in r and " ± " in r for r in metric_rows)
     assert any("faithful" in r and "not run" in r for r in metric_rows)
     assert "FID" in table and "noisy" in table
@@ -141,7 +151,7 @@ def test_markdown_table_and_figures(run) -> None:
             im.verify()
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.width > 4 * im.height / 2  # a wide grid
-        assert direction.replace("->", "_to_") in name
+        assert direction.replace("->", "_to_").replace(" ", "_") in name
 
 
 def test_same_seed_same_results_and_fid_when_enabled(run, tiny_model_store, data_root, tmp_path):

@@ -40,7 +40,9 @@ import torch
 from tqdm import tqdm
 
 from midiffusion import baselines, metrics
+from midiffusion.data.geometry import voxel_sizes
 from midiffusion.devices import DEVICE_HELP, resolve_device
+from midiffusion.intensity import anchor_for
 from midiffusion.precision import PRECISION_HELP, PRECISIONS
 from model_store import DEFAULT_SAMPLING, SAMPLER_NAMES
 
@@ -198,6 +200,7 @@ class _Direction:
     source: np.ndarray
     mask: np.ndarray
     truth: np.ndarray | None
+    pixel_mm2: float  # the area of one grid pixel (the anchor tells brains from heads by it)
 
 
 def _directions(
@@ -231,6 +234,7 @@ def _directions(
                 source=np.clip(_slices(vols[src_key], idx), 0, 1),
                 mask=_slices(vols["mask"], idx) > 0,
                 truth=np.clip(_slices(vols[truth_key], idx), 0, 1) if truth_key else None,
+                pixel_mm2=float(np.prod(voxel_sizes(vols["mask"].affine)[:2])),
             )
         )
     return out
@@ -382,12 +386,12 @@ def _run_direction(
                 ),
             )
             bar.close()
-            target = translator.sampling.get("anchor_mean")
+            target = anchor_for(translator.sampling, d.mask, d.pixel_mm2)
             if target is not None:
                 # the evaluated slices span the whole brain evenly, as the anchor assumes
                 raw = outputs["midiffusion-unanchored"] = outputs["midiffusion"]
                 rows["midiffusion-unanchored"] = dict(rows["midiffusion"])
-                outputs["midiffusion"] = translator.anchor(raw, d.mask)
+                outputs["midiffusion"] = translator.anchor(raw, d.mask, d.pixel_mm2)
                 before = float(raw[d.mask].mean()) if d.mask.any() else None
                 rows["midiffusion"]["anchor"] = {"mean": target, "mean_before": before}
         elif group == "faithful":

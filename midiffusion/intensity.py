@@ -11,6 +11,11 @@ mean foreground intensity of the model's training slices (recorded in the card a
 The anchor is a property of whole brains: the mean of a single slice varies with its level (the
 training slices' means spread with a standard deviation of 0.07), so a slab or a single slice is
 left as sampled unless the caller asks otherwise.
+
+A whole head's mean (scalp, fat and skull in the foreground) is not a brain's, so a card holds
+one anchor per kind (``anchor_mean`` for skull-stripped brains, ``anchor_mean_head`` for heads)
+and the volume's kind is read from its size: the largest axial section of a stripped brain is
+157-206 cm^2 in every set here, of a whole head 237-303 cm^2 (``HEAD_AREA_CM2`` splits them).
 """
 
 from __future__ import annotations
@@ -20,6 +25,21 @@ import numpy as np
 # whole-volume anchoring applies by default from this many foreground slices on (a brain on the
 # model's 128 grid spans about 100 axial slices at 1-1.5 mm)
 MIN_ANCHOR_SLICES = 24
+# a foreground whose largest axial section exceeds this is a whole head, not a stripped brain
+HEAD_AREA_CM2 = 220.0
+
+
+def is_whole_head(mask: np.ndarray, pixel_mm2: float) -> bool:
+    """Whether a volume's (n, H, W) foreground ``mask`` is a whole head (see module docstring)."""
+    mask = np.asarray(mask, bool)
+    largest = float(mask.reshape(len(mask), -1).sum(axis=1).max()) if mask.size else 0.0
+    return largest * pixel_mm2 / 100.0 > HEAD_AREA_CM2
+
+
+def anchor_for(sampling: dict, mask: np.ndarray, pixel_mm2: float) -> float | None:
+    """The card's anchor for this volume's kind; None where the card has none for it."""
+    key = "anchor_mean_head" if is_whole_head(mask, pixel_mm2) else "anchor_mean"
+    return sampling.get(key)
 
 
 def foreground_mean(slices01: np.ndarray) -> float:

@@ -152,6 +152,7 @@ def load_training_slices(data_dir: Path, grid: int) -> tuple[np.ndarray, dict]:
     manifest = {
         "directory": str(data_dir),
         "files": [f.name for f in files],
+        "per_file": {f.name: len(s) for f, s in zip(files, slices, strict=True)},
         "slices": len(data),
         "manifest": manifest,
     }
@@ -514,7 +515,12 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # export: a run's EMA weights + a model card, ready for the model store
 # --------------------------------------------------------------------------------------------
-def _training_foreground_mean(meta: dict, grid: int) -> float:
+HEAD_SUFFIX = "_head"  # t1-train's whole-head volumes: <subject>_head.nii.gz
+
+
+def _training_anchors(meta: dict, grid: int) -> dict[str, float]:
+    """The training slices' mean foreground intensity: ``anchor_mean`` over the skull-stripped
+    brains, and ``anchor_mean_head`` over the whole heads where the set has any."""
     data = meta.get("data", {})
     directory = Path(data.get("directory", ""))
     if not directory.is_dir():
@@ -527,7 +533,12 @@ def _training_foreground_mean(meta: dict, grid: int) -> float:
         raise ValueError(
             f"{directory} now holds {found['files']}, but the run trained on {data.get('files')}"
         )
-    return round(foreground_mean(slices), 4)
+    heads = [HEAD_SUFFIX in name for name in found["files"] for _ in range(found["per_file"][name])]
+    heads_arr = np.array(heads, dtype=bool)
+    anchors = {"anchor_mean": round(foreground_mean(slices[~heads_arr]), 4)}
+    if heads_arr.any():
+        anchors["anchor_mean_head"] = round(foreground_mean(slices[heads_arr]), 4)
+    return anchors
 
 
 def export_model(
@@ -545,14 +556,15 @@ def export_model(
     (without version and sha256, which the store fills in).
 
     ``anchor``: record the training slices' mean foreground intensity as the sampling's
-    ``anchor_mean`` (``midiffusion/intensity.py``); this reads the run's training data again."""
+    ``anchor_mean`` (brains) and ``anchor_mean_head`` (whole heads; ``midiffusion/intensity.py``);
+    this reads the run's training data again."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; train first")
     meta = _read_meta(path)
     config = TrainConfig(**meta["config"])
     if anchor:
-        sampling = {**sampling, "anchor_mean": _training_foreground_mean(meta, config.grid_size)}
+        sampling = {**sampling, **_training_anchors(meta, config.grid_size)}
     ema = {k[4:]: v for k, v in load_file(str(path)).items() if k.startswith("ema.")}
     tmp = out_weights.with_name(f".{out_weights.name}.tmp")
     save_file(ema, str(tmp))

@@ -33,7 +33,7 @@ from midiffusion.data.geometry import Grid, canonical, resample, slice_grid, vox
 from midiffusion.data.recipe import Recipe
 from midiffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.imaging import output_like
-from midiffusion.intensity import MIN_ANCHOR_SLICES, anchor_mean
+from midiffusion.intensity import MIN_ANCHOR_SLICES, anchor_for, anchor_mean
 from midiffusion.precision import resolve_precision
 from midiffusion.samplers import get_sampler, noise_source, shared_noise_for_draws
 from midiffusion.schedules import DDPMSchedule
@@ -69,6 +69,12 @@ class SlicePlan:
     ras_shape: tuple[int, int, int]
     slice_axis: int  # in RAS array space: the axis the input is cut along
     grid: Grid  # grid voxel (i, j, k) -> world, k the input's k-th slice
+
+    @property
+    def pixel_mm2(self) -> float:
+        """The area of one grid pixel in the slice plane."""
+        sizes = voxel_sizes(self.grid.affine)
+        return float(sizes[0] * sizes[1])
 
     def to_grid(self, ras_volume: np.ndarray, order: int = 1) -> np.ndarray:
         """(n_slices, G, G) model-grid slices of a RAS volume."""
@@ -319,10 +325,11 @@ class Translator:
                 out[idx.start : idx.stop] += x0.reshape(k, len(idx), *x0.shape[1:]).sum(0)
         return out / samples
 
-    def anchor(self, slices01: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One volume's translated slices, shifted to the card's ``anchor_mean`` inside ``mask``
-        (``midiffusion/intensity.py``); unchanged when the card has no anchor."""
-        target = self.sampling.get("anchor_mean")
+    def anchor(self, slices01: np.ndarray, mask: np.ndarray, pixel_mm2: float) -> np.ndarray:
+        """One volume's translated slices, shifted to the card's anchor for its kind (brain or
+        whole head, ``midiffusion/intensity.py``) inside ``mask``; unchanged where the card has
+        no anchor for that kind. ``pixel_mm2``: the area of one grid pixel."""
+        target = anchor_for(self.sampling, mask, pixel_mm2)
         return slices01 if target is None else anchor_mean(slices01, mask, target)
 
     # --- whole images -----------------------------------------------------------------------
@@ -344,7 +351,7 @@ class Translator:
         if len(keep):
             result[keep] = self.translate_slices(src[keep], **options)
             if anchor or (anchor is None and len(keep) >= MIN_ANCHOR_SLICES):
-                result[keep] = self.anchor(result[keep], msk[keep])
+                result[keep] = self.anchor(result[keep], msk[keep], plan.pixel_mm2)
         result *= msk
         back = plan.from_grid(result) * plan.to_input(ras_mask)
         return output_like(image, back.reshape(image.shape))

@@ -34,8 +34,9 @@ class ModelIntegrityError(RuntimeError):
 
 
 # How a model samples when its card and the caller leave a setting out (``models publish``
-# writes these unless told otherwise). ``anchor_mean``: the training slices' mean foreground
-# intensity, which whole translated volumes are shifted to (midiffusion/intensity.py); None: off.
+# writes these unless told otherwise). ``anchor_mean`` / ``anchor_mean_head``: the training
+# brains' / whole heads' mean foreground intensity, which whole translated volumes of that kind
+# are shifted to (midiffusion/intensity.py); None: off for that kind.
 # ``antithetic``: averaged draws pair up on opposite noises (midiffusion/samplers.noise_source).
 DEFAULT_SAMPLING: dict[str, Any] = {
     "sampler": "ddim",
@@ -44,6 +45,7 @@ DEFAULT_SAMPLING: dict[str, Any] = {
     "samples": 1,
     "antithetic": False,
     "anchor_mean": None,
+    "anchor_mean_head": None,
 }
 # the samplers of ``midiffusion/samplers.py`` by name (a test keeps the two equal), for the
 # command lines that must not import torch to offer them

@@ -63,6 +63,27 @@ def test_publishing_the_anchor_needs_the_training_data(tiny_training_set, tmp_pa
     assert "anchor_mean" not in card["sampling"]
 
 
+def test_publishing_records_one_anchor_per_kind(tiny_training_set, tmp_path):
+    """A set with whole-head volumes (<subject>_head) gets a head anchor beside the brains'."""
+    data_dir = shutil.copytree(tiny_training_set, tmp_path / "data")
+    brains = load_training_slices(data_dir, 32)[0]
+    head = np.moveaxis(np.clip(brains * 0.5, 0, 1), 0, 2)
+    nib.save(nib.Nifti1Image(head, np.eye(4)), data_dir / "subject_head.nii.gz")
+    data, manifest = load_training_slices(data_dir, 32)
+    Trainer(TrainConfig.load("tiny"), data, tmp_path / "run", manifest).fit(1, progress=False)
+    card = export_model(
+        tmp_path / "run",
+        out_weights=tmp_path / "w.safetensors",
+        name="t",
+        target_modality="T1w",
+        sampling={},
+    )
+    assert card["sampling"]["anchor_mean"] == pytest.approx(foreground_mean(brains), abs=1e-4)
+    assert card["sampling"]["anchor_mean_head"] == pytest.approx(
+        foreground_mean(np.moveaxis(head, 2, 0)), abs=1e-4
+    )
+
+
 def _head(slices: int) -> nib.Nifti1Image:
     x, y, z = np.meshgrid(
         np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), np.linspace(-1, 1, slices), indexing="ij"
@@ -92,3 +113,20 @@ def test_whole_volumes_are_anchored_slabs_only_when_asked(tiny_model_store):
     assert np.array_equal(left, translator.translate(slab, anchor=False, **run).get_fdata())
     forced = translator.translate(slab, anchor=True, **run).get_fdata()
     assert forced[inside].mean() == pytest.approx(target, abs=0.03)
+
+
+def test_a_whole_head_is_told_from_a_stripped_brain_by_its_size() -> None:
+    from midiffusion.intensity import HEAD_AREA_CM2, anchor_for, is_whole_head
+
+    yy, xx = np.mgrid[:128, :128] - 63.5
+    pixel_mm2 = 1.5**2  # a 192 mm field of view on the 128 grid
+
+    def ellipse(a_mm: float, b_mm: float) -> np.ndarray:
+        return ((xx * 1.5 / a_mm) ** 2 + (yy * 1.5 / b_mm) ** 2 < 1)[None].repeat(3, 0)
+
+    brain, head = ellipse(70, 85), ellipse(80, 100)  # 187 and 251 cm^2
+    assert not is_whole_head(brain, pixel_mm2) and is_whole_head(head, pixel_mm2)
+    assert np.pi * 80 * 100 / 100 > HEAD_AREA_CM2 > np.pi * 70 * 85 / 100
+    card = {"anchor_mean": 0.7, "anchor_mean_head": 0.4}
+    assert anchor_for(card, brain, pixel_mm2) == 0.7 and anchor_for(card, head, pixel_mm2) == 0.4
+    assert anchor_for({"anchor_mean": 0.7}, head, pixel_mm2) is None  # no head anchor: none

@@ -1,4 +1,5 @@
-"""``midiffusion models list|show|verify|publish``: the model store from the command line."""
+"""``midiffusion models list|show|verify|samples|publish|import|default``: the model store from
+the command line."""
 
 from __future__ import annotations
 
@@ -72,6 +73,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pub.add_argument("--notes", default="")
     pub.add_argument("--licence", action="append", default=[], help="data licence note")
     pub.add_argument("--metrics", type=Path, help="metrics.json to store beside the weights")
+    imp = sub.add_parser(
+        "import", help="install a model directory or .zip/.tar(.gz) archive (sha256-checked)"
+    )
+    imp.add_argument("path", type=Path, help="a folder or archive with model.json and weights")
+    default = sub.add_parser("default", help="show or set the serving default (an alias)")
+    default.add_argument("ref", nargs="?", metavar="NAME:VERSION", help="the new default")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +110,18 @@ def run(args: argparse.Namespace) -> int:
                 print(f"ok\t{v.card.name} v{v.card.version}\t{v.card.sha256}")
         elif args.action == "samples":
             _samples(store, args)
+        elif args.action == "import":
+            card = store.import_model(args.path)
+            print(f"imported {card.name} v{card.version} ({card.sha256[:12]}..., verified)")
+        elif args.action == "default":
+            if args.ref:
+                name, _, version = args.ref.partition(":")
+                if not version.isdigit():
+                    raise ValueError(f"{args.ref!r}: give NAME:VERSION, e.g. t1w:10")
+                store.set_default(name, int(version))
+            name, version = store.default_ref()
+            card = store.card(name, version)
+            print(f"default: {card.name} v{card.version}")
         elif args.action == "publish":
             from midiffusion.train import export_model
 

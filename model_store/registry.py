@@ -1,7 +1,10 @@
 """Model registry: ``<root>/<name>/<version>/{weights.safetensors, model.json, metrics.json}``.
 
 A model directory is trusted only after the sha256 of its weights matches its card. Weights are
-safetensors, never pickles.
+safetensors, never pickles. ``<root>/aliases.json`` names the serving default explicitly
+(``{"default": "t1w:10"}``): publishing a version does not put it in service, promoting it does.
+Versions from elsewhere come in through :meth:`ModelStore.import_model` (a model directory or a
+.zip / .tar(.gz) archive of one), checked against their card's sha256 before they are visible.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ SHIPPED_ROOT = Path(__file__).resolve().parent / "models"
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "model.json"
 METRICS_FILE = "metrics.json"
+ALIASES_FILE = "aliases.json"
+# what an imported model directory may hold besides its weights and card
+IMPORTABLE = (CARD_FILE, WEIGHTS_FILE, METRICS_FILE, "MODEL_CARD.md", "loss.png")
+MAX_IMPORT_BYTES = 4 << 30  # a weights file larger than this is not a model of this project
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -111,11 +118,30 @@ class ModelStore:
     def list(self) -> list[ModelCard]:
         return [self.card(n, v) for n in self.names() for v in self.versions(n)]
 
-    def default_name(self) -> str:
+    def aliases(self) -> dict[str, str]:
+        path = self.root / ALIASES_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def default_ref(self) -> tuple[str, int | None]:
+        """The serving default (name, version): the store's ``default`` alias, else the only
+        model's (or t1w's) latest version."""
+        alias = self.aliases().get("default")
+        if alias:
+            name, _, version = alias.partition(":")
+            return name, int(version) if version else None
         names = [n for n in self.names() if self.versions(n)]
         if not names:
             raise ModelNotFoundError(f"the model store at {self.root} holds no models")
-        return "t1w" if "t1w" in names else names[0]
+        return ("t1w" if "t1w" in names else names[0]), None
+
+    def default_name(self) -> str:
+        return self.default_ref()[0]
+
+    def set_default(self, name: str, version: int) -> None:
+        """Point the ``default`` alias at ``name`` v``version`` (which must verify)."""
+        self.verified(name, version)
+        aliases = {**self.aliases(), "default": f"{name}:{version}"}
+        _write_atomic(self.root / ALIASES_FILE, json.dumps(aliases, indent=2) + "\n")
 
     def directory(self, name: str, version: int | None = None) -> Path:
         versions = self.versions(name)
@@ -123,7 +149,9 @@ class ModelStore:
             known = ", ".join(self.names()) or "none"
             raise ModelNotFoundError(f"unknown model {name!r}; models in the store: {known}")
         if version is None:
-            version = versions[-1]
+            default_name, default_version = self.default_ref()
+            serving = default_version if default_name == name else None
+            version = serving if serving in versions else versions[-1]
         if version not in versions:
             raise ModelNotFoundError(
                 f"model {name!r} has no version {version}; versions: "
@@ -199,3 +227,87 @@ class ModelStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return validated
+
+    def import_model(self, source: Path) -> ModelCard:
+        """Install a model directory, or a .zip / .tar / .tar.gz archive of one, as the version
+        its card names, after checking the weights against the card's sha256.
+
+        Archive members are read in memory by their base names (only ``IMPORTABLE`` ones, plain
+        files, at most ``MAX_IMPORT_BYTES`` each): no path from an archive touches the disk.
+        """
+        files = _read_model_files(Path(source))
+        missing = [f for f in (CARD_FILE, WEIGHTS_FILE) if f not in files]
+        if missing:
+            raise ValueError(f"{source}: no {' or '.join(missing)} in it; a model holds both")
+        try:
+            card = ModelCard.model_validate_json(files[CARD_FILE])
+        except ValidationError as exc:
+            raise ModelIntegrityError(f"{source}: invalid model card: {exc}") from exc
+        digest = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
+        if digest != card.sha256:
+            raise ModelIntegrityError(
+                f"{source}: weights sha256 {digest[:12]}... does not match the card's "
+                f"{card.sha256[:12]}...; nothing was installed"
+            )
+        if not _NAME.match(card.name):
+            raise ValueError(f"model name {card.name!r}: use lowercase letters, digits, - and _")
+        target = self.root / card.name / str(card.version)
+        if target.exists():
+            raise ValueError(f"{card.name} v{card.version} is already in the store at {target}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{card.version}-import-", dir=target.parent))
+        try:
+            for name, payload in files.items():
+                (tmp / name).write_bytes(payload)
+            tmp.chmod(0o755)
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return card
+
+
+def _read_model_files(source: Path) -> dict[str, bytes]:
+    """The importable files of a model directory or archive, by base name, in memory."""
+    import tarfile
+    import zipfile
+
+    def take(name: str, size: int) -> bool:
+        if Path(name).name not in IMPORTABLE:
+            return False
+        if size > MAX_IMPORT_BYTES:
+            raise ValueError(f"{source}: {Path(name).name} is {size} bytes, over the import cap")
+        return True
+
+    if source.is_dir():
+        return {
+            p.name: p.read_bytes()
+            for p in source.iterdir()
+            if p.is_file() and not p.is_symlink() and take(p.name, p.stat().st_size)
+        }
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such model directory or archive")
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            return {
+                Path(i.filename).name: zf.read(i)
+                for i in zf.infolist()
+                if not i.is_dir() and take(i.filename, i.file_size)
+            }
+    if tarfile.is_tarfile(source):
+        with tarfile.open(source) as tf:
+            out = {}
+            for member in tf.getmembers():
+                if member.isfile() and take(member.name, member.size):
+                    handle = tf.extractfile(member)
+                    assert handle is not None
+                    out[Path(member.name).name] = handle.read()
+            return out
+    raise ValueError(f"{source}: not a model directory, .zip or .tar(.gz) archive")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -89,3 +89,79 @@ def test_publish_command_records_the_sampling_it_is_given(tiny_training_set, tmp
     assert paired["antithetic"] is True and paired["samples"] == 4 and paired["anchor_mean"] > 0
     assert plain["antithetic"] is False and "anchor_mean" not in plain
     assert paired["sampler"] == plain["sampler"] == "euler-a"
+
+
+def test_the_default_is_an_explicit_alias_not_the_highest_version(tiny_model_store, tmp_path):
+    store = ModelStore(tmp_path / "s")
+    v = tiny_model_store.verified("tiny")
+    card = v.card.model_dump(exclude={"version", "sha256"})
+    store.publish(card, v.weights_path)
+    store.publish(card, v.weights_path)
+    assert store.card("tiny").version == 2  # no alias: the latest
+    store.set_default("tiny", 1)
+    assert store.default_ref() == ("tiny", 1)
+    assert store.card("tiny").version == 1 and store.verified("tiny").card.version == 1
+    assert store.card("tiny", 2).version == 2  # the other stays reachable by number
+    with pytest.raises(ModelNotFoundError):
+        store.set_default("tiny", 5)
+    assert store.default_ref() == ("tiny", 1)  # a refused alias changes nothing
+
+
+def _archives(directory, tmp_path):
+    import tarfile
+    import zipfile
+
+    zipped = tmp_path / "model.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for p in directory.iterdir():
+            zf.write(p, f"tiny-1/{p.name}")
+        zf.writestr("../../escape.txt", "an entry that points out of the archive")
+    tarred = tmp_path / "model.tar.gz"
+    with tarfile.open(tarred, "w:gz") as tf:
+        for p in directory.iterdir():
+            tf.add(p, f"export/{p.name}")
+    return {"directory": directory, "zip": zipped, "tar.gz": tarred}
+
+
+@pytest.mark.parametrize("kind", ["directory", "zip", "tar.gz"])
+def test_import_installs_a_verified_model_from_a_folder_or_archive(
+    tiny_model_store, tmp_path, kind
+):
+    source = _archives(tiny_model_store.directory("tiny", 1), tmp_path)[kind]
+    store = ModelStore(tmp_path / "s")
+    card = store.import_model(source)
+    assert (card.name, card.version) == ("tiny", 1)
+    assert store.verified("tiny", 1).card.sha256 == card.sha256
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path.parent / "escape.txt").exists()
+    assert sorted(p.name for p in (store.root / "tiny").iterdir()) == ["1"]  # no temporaries
+    with pytest.raises(ValueError, match="already in the store"):
+        store.import_model(source)
+
+
+def test_import_refuses_tampered_weights_and_leaves_nothing(tiny_model_store, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_store.directory("tiny", 1), bad)
+    weights = bad / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    store = ModelStore(tmp_path / "s")
+    with pytest.raises(ModelIntegrityError, match="nothing was installed"):
+        store.import_model(bad)
+    assert store.list() == []
+    (bad / "weights.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"no weights\.safetensors"):
+        store.import_model(bad)
+
+
+def test_models_import_and_default_on_the_command_line(tiny_model_store, tmp_path, capsys):
+    from midiffusion.cli import main
+
+    base = ["models", "--store", str(tmp_path / "s")]
+    assert main([*base, "import", str(tiny_model_store.directory("tiny", 1))]) == 0
+    assert "imported tiny v1" in capsys.readouterr().out
+    assert main([*base, "default", "tiny:1"]) == 0
+    assert "default: tiny v1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s" / "aliases.json").read_text()) == {"default": "tiny:1"}
+    assert main([*base, "default", "tiny"]) == 1
+    assert "NAME:VERSION" in capsys.readouterr().out

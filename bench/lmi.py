@@ -9,9 +9,9 @@ summed; on a shared machine it is the steadier figure). Peak memory: each config
 fresh subprocess; on the CPU the figure is the growth of the process's peak resident set
 (``resource.getrusage().ru_maxrss``) during the first call, over the resident set just before it
 (inputs already built); on a GPU it is ``torch.cuda.max_memory_allocated`` over the allocation
-before the call. Inputs: source = the reference T2w slice z70 (shared/reference), target = the
+before the call. Inputs: source = the reference T2w slice z70 (tests/data), target = the
 noisy diffusion state of the same slice (values far outside [0, 1]), i.e. the LMI call made at every
-sampling step; without the shared folder a synthetic phantom with the same roles is used.
+sampling step; without that file a synthetic phantom with the same roles is used.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference" / "lmi_faithful_128.npz"
+REFERENCE = ROOT / "tests" / "data" / "lmi_faithful_128.npz"
 PUBLISHED = "published operator (docs/algorithm.md): about 3000 ms and 1.8 GB for 1 x 128x128"
 
 

@@ -25,7 +25,7 @@ How it is fast (about 12x the published code on one CPU core) without changing t
 - pixels are processed in chunks, so memory stays bounded (about 110 MB per chunk).
 
 Arithmetic is float32 like the published code; the result agrees with the published operator's
-similarity within ~1e-6 (the reference vectors in shared/reference are checked to 1e-4).
+similarity within ~1e-6 (the reference vectors in tests/data are checked to 1e-4).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 def _free_port() -> int:
@@ -79,11 +79,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The team's shared folder beside the checkout (docs and reference vectors)."""
-    if not SHARED.is_dir():
-        pytest.skip(f"shared folder not found at {SHARED}")
-    return SHARED
+def test_data() -> Path:
+    """Data files the tests ship with (``tests/data``; see its README)."""
+    return TEST_DATA
 
 
 def _tiny_training_set(directory: Path, grid: int = 32, n: int = 12) -> Path:

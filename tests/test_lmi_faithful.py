@@ -1,4 +1,4 @@
-"""Faithful-mode LMI reproduces the published operator on the shared reference vectors."""
+"""Faithful-mode LMI reproduces the published operator on its reference vectors (tests/data)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def reference(shared_dir):
-    path = shared_dir / "reference" / "lmi_faithful_128.npz"
-    if not path.is_file():
-        pytest.skip(f"reference vectors not found at {path}")
-    with np.load(path) as data:
+def reference(test_data):
+    with np.load(test_data / "lmi_faithful_128.npz") as data:
         return {k: data[k] for k in data.files}
 
 

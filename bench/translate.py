@@ -6,7 +6,8 @@ What is timed (benchmark.md, speed protocol):
 - default mode: the model card's sampler, steps, guidance and samples, end to end through
   ``Translator.translate_slices`` (self-LMI, then per step a cross-LMI and a U-Net call), for one
   slice and for a batch of ``--batch`` slices (reported per slice), in float32 and, where the CPU
-  computes bfloat16 natively (AVX512-BF16 or AMX), in bfloat16 autocast (``precision.py``);
+  computes bfloat16 natively (AVX512-BF16 or AMX), in bfloat16 autocast
+  (``midiffusion.pipeline.precision``);
 - faithful mode: the published LMI operator (``mode="faithful"``, raw VP state, [0,1] data) with
   the DDPM sampler, timed over ``--faithful-steps`` steps and scaled to the published 1000. No
   faithful-trained model is needed for timing: the same network is fed faithful LMI maps (the
@@ -29,10 +30,10 @@ import time
 import numpy as np
 import torch
 
-from midiffusion.precision import native_bf16
+from midiffusion.model.unet import UNet, UNetConfig
+from midiffusion.pipeline.precision import native_bf16
+from midiffusion.pipeline.translate import Translator
 from midiffusion.train import TrainConfig
-from midiffusion.translate import Translator
-from midiffusion.unet import UNet, UNetConfig
 
 
 def load_translator(device: str) -> tuple[Translator, str]:

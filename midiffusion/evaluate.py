@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from midiffusion import baselines, metrics
 from midiffusion.data.geometry import voxel_sizes
-from midiffusion.devices import DEVICE_HELP, resolve_device
-from midiffusion.intensity import anchor_for
-from midiffusion.precision import PRECISION_HELP, PRECISIONS
+from midiffusion.evaluation import baselines, metrics
+from midiffusion.pipeline.devices import DEVICE_HELP, resolve_device
+from midiffusion.pipeline.intensity import anchor_for
+from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
 from model_store import DEFAULT_SAMPLING, SAMPLER_NAMES
 
 # direction -> (set, source key, ground-truth key or None)
@@ -158,7 +158,7 @@ class _Bar:
 def _load_translator(
     store, name: str, version: int | None, device: str, precision: str, *, faithful: bool
 ):
-    from midiffusion.translate import Translator
+    from midiffusion.pipeline.translate import Translator
 
     verified = store.verified(name, version)
     card = verified.card
@@ -522,7 +522,7 @@ def _seed_spread(
 
 
 def _add_fid(d, outputs, rows, extra, cache, device, progress) -> None:
-    from midiffusion.fid import frechet_distance, inception_features
+    from midiffusion.evaluation.fid import frechet_distance, inception_features
 
     def features(key: str, images: np.ndarray) -> np.ndarray:
         if key not in cache:
@@ -823,7 +823,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from midiffusion.fid import FIDUnavailableError
+    from midiffusion.evaluation.fid import FIDUnavailableError
     from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
 
     try:

@@ -34,14 +34,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from midiffusion import augment
-from midiffusion.conditioning import ConditioningSpec
-from midiffusion.devices import DEVICE_HELP, resolve_device
-from midiffusion.intensity import foreground_mean
+from midiffusion.diffusion.conditioning import ConditioningSpec
+from midiffusion.diffusion.schedules import DDPMSchedule, ve_to_vp
 from midiffusion.lmi import LMISettings
-from midiffusion.precision import PRECISION_HELP, PRECISIONS, network_autocast, resolve_precision
-from midiffusion.schedules import DDPMSchedule, ve_to_vp
-from midiffusion.unet import UNet, UNetConfig, count_parameters
+from midiffusion.model.unet import UNet, UNetConfig, count_parameters
+from midiffusion.pipeline.devices import DEVICE_HELP, resolve_device
+from midiffusion.pipeline.intensity import foreground_mean
+from midiffusion.pipeline.precision import (
+    PRECISION_HELP,
+    PRECISIONS,
+    network_autocast,
+    resolve_precision,
+)
+from midiffusion.training import augment
 
 CHECKPOINT = "checkpoint.safetensors"
 LOSS_LOG = "loss.csv"
@@ -556,8 +561,8 @@ def export_model(
     (without version and sha256, which the store fills in).
 
     ``anchor``: record the training slices' mean foreground intensity as the sampling's
-    ``anchor_mean`` (brains) and ``anchor_mean_head`` (whole heads; ``midiffusion/intensity.py``);
-    this reads the run's training data again."""
+    ``anchor_mean`` (brains) and ``anchor_mean_head`` (whole heads;
+    ``midiffusion/pipeline/intensity.py``); this reads the run's training data again."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; train first")

@@ -43,8 +43,9 @@ class ModelIntegrityError(RuntimeError):
 # How a model samples when its card and the caller leave a setting out (``models publish``
 # writes these unless told otherwise). ``anchor_mean`` / ``anchor_mean_head``: the training
 # brains' / whole heads' mean foreground intensity, which whole translated volumes of that kind
-# are shifted to (midiffusion/intensity.py); None: off for that kind.
-# ``antithetic``: averaged draws pair up on opposite noises (midiffusion/samplers.noise_source).
+# are shifted to (midiffusion/pipeline/intensity.py); None: off for that kind.
+# ``antithetic``: averaged draws pair up on opposite noises
+# (midiffusion/diffusion/samplers.noise_source).
 DEFAULT_SAMPLING: dict[str, Any] = {
     "sampler": "ddim",
     "steps": 20,
@@ -54,8 +55,8 @@ DEFAULT_SAMPLING: dict[str, Any] = {
     "anchor_mean": None,
     "anchor_mean_head": None,
 }
-# the samplers of ``midiffusion/samplers.py`` by name (a test keeps the two equal), for the
-# command lines that must not import torch to offer them
+# the samplers of ``midiffusion/diffusion/samplers.py`` by name (a test keeps the two equal), for
+# the command lines that must not import torch to offer them
 SAMPLER_NAMES = ("ddim", "dpmpp-2m", "ddpm", "euler-a")
 
 

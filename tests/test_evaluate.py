@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from midiffusion.cli import main
+from midiffusion.cli.main import main
 from midiffusion.data.build import build_set, write_set
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.sources import fetch_source, source_by_name

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from midiffusion import baselines
+from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.evaluate import select_slices, slice_consistency
-from midiffusion.schedules import DDPMSchedule
-from midiffusion.translate import Translator
+from midiffusion.evaluation import baselines
+from midiffusion.pipeline.translate import Translator
 
 
 def _slice(size: int = 24) -> tuple[np.ndarray, np.ndarray]:

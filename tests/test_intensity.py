@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from midiffusion.intensity import MIN_ANCHOR_SLICES, anchor_mean, foreground_mean
+from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES, anchor_mean, foreground_mean
+from midiffusion.pipeline.translate import Translator
 from midiffusion.train import TrainConfig, Trainer, export_model, load_training_slices
-from midiffusion.translate import Translator
 
 
 def _volume(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +116,7 @@ def test_whole_volumes_are_anchored_slabs_only_when_asked(tiny_model_store):
 
 
 def test_a_whole_head_is_told_from_a_stripped_brain_by_its_size() -> None:
-    from midiffusion.intensity import HEAD_AREA_CM2, anchor_for, is_whole_head
+    from midiffusion.pipeline.intensity import HEAD_AREA_CM2, anchor_for, is_whole_head
 
     yy, xx = np.mgrid[:128, :128] - 63.5
     pixel_mm2 = 1.5**2  # a 192 mm field of view on the 128 grid

@@ -75,7 +75,7 @@ def test_store_is_torch_free():
 
 
 def test_publish_command_records_the_sampling_it_is_given(tiny_training_set, tmp_path):
-    from midiffusion.cli import main
+    from midiffusion.cli.main import main
     from midiffusion.train import TrainConfig, Trainer, load_training_slices
 
     data, manifest = load_training_slices(tiny_training_set, 32)
@@ -155,7 +155,7 @@ def test_import_refuses_tampered_weights_and_leaves_nothing(tiny_model_store, tm
 
 
 def test_models_import_and_default_on_the_command_line(tiny_model_store, tmp_path, capsys):
-    from midiffusion.cli import main
+    from midiffusion.cli.main import main
 
     base = ["models", "--store", str(tmp_path / "s")]
     assert main([*base, "import", str(tiny_model_store.directory("tiny", 1))]) == 0

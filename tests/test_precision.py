@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from midiffusion.precision import native_bf16, network_autocast, resolve_precision
+from midiffusion.pipeline.precision import native_bf16, network_autocast, resolve_precision
+from midiffusion.pipeline.translate import Translator
 from midiffusion.train import TrainConfig, Trainer, load_training_slices
-from midiffusion.translate import Translator
 
 CPU = torch.device("cpu")
 

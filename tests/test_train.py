@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from midiffusion.conditioning import ConditioningSpec
-from midiffusion.denoiser import LMIGuidedDenoiser
-from midiffusion.schedules import DDPMSchedule
+from midiffusion.diffusion.conditioning import ConditioningSpec
+from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
+from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.train import CHECKPOINT, TrainConfig, Trainer, load_training_slices
 
 

@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from midiffusion.imaging import load_nifti, save_nifti
-from midiffusion.translate import TranslationCancelled, TranslationInputError, Translator
+from midiffusion.io.imaging import load_nifti, save_nifti
+from midiffusion.pipeline.translate import TranslationCancelled, TranslationInputError, Translator
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_bad_inputs_say_what_is_wrong(translator, data, message):
 @pytest.mark.parametrize("name", list(CASES))
 def test_grid_mapping_round_trip_keeps_left_left(name):
     """Input voxels -> model grid -> input voxels is close to the identity, mirror-free."""
-    from midiffusion.translate import _as_volume, plan_slices
+    from midiffusion.pipeline.translate import _as_volume, plan_slices
 
     affine, shape = CASES[name]
     data = _head(shape)

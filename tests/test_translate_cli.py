@@ -14,8 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from midiffusion.cli import main
-from midiffusion.imaging import load_png, save_png
+from midiffusion.cli.main import main
+from midiffusion.io.imaging import load_png, save_png
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,12 @@ import pytest
 from scipy import ndimage
 
 from midiffusion.data.geometry import plan_grid, resample, slice_grid
-from midiffusion.translate import TranslationInputError, Translator, _as_volume, plan_slices
+from midiffusion.pipeline.translate import (
+    TranslationInputError,
+    Translator,
+    _as_volume,
+    plan_slices,
+)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +171,8 @@ def test_inference_and_the_data_build_share_one_grid():
 
 
 def test_a_160x160_png_slice_through_the_command_line(tiny_model_store, tmp_path):
-    from midiffusion.cli import main
-    from midiffusion.imaging import load_png, save_png
+    from midiffusion.cli.main import main
+    from midiffusion.io.imaging import load_png, save_png
 
     data = phantom((160, 160, 1))[:, :, 0]
     save_png(data / data.max(), tmp_path / "slice.png")

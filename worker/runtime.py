@@ -75,8 +75,8 @@ class WorkerRuntime:
             cached = self._translators.get((name, version))
             if cached is not None:
                 return cached
-            from midiffusion.devices import resolve_device
-            from midiffusion.translate import Translator
+            from midiffusion.pipeline.devices import resolve_device
+            from midiffusion.pipeline.translate import Translator
 
             started = time.perf_counter()
             verified = self.model_store().verified(name, version)
@@ -134,7 +134,7 @@ class WorkerRuntime:
     def _translate(self, job: JobRecord) -> tuple[JobState, JobError | None, JobOutput | None]:
         import nibabel as nib
 
-        from midiffusion.translate import TranslationCancelled, TranslationInputError
+        from midiffusion.pipeline.translate import TranslationCancelled, TranslationInputError
         from model_store import ModelIntegrityError, ModelNotFoundError
 
         spec = job.spec
@@ -192,7 +192,7 @@ class WorkerRuntime:
         partial = self.storage.partial_path(key)
         try:
             if suffix == ".png":
-                from midiffusion.imaging import save_png
+                from midiffusion.io.imaging import save_png
 
                 data = out.get_fdata()  # the translator's output is already in [0, 1]
                 save_png(data.reshape(data.shape[:2]), partial)

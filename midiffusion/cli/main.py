@@ -14,12 +14,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("midiffusion.demo", "run the end-to-end demo on registry-shipped data"),
-    "data": ("midiffusion.data.commands", "fetch registry-shipped data and build the data sets"),
+    "demo": ("midiffusion.cli.demo", "run the end-to-end demo on registry-shipped data"),
+    "data": ("midiffusion.cli.data", "fetch registry-shipped data and build the data sets"),
     "train": ("midiffusion.train", "train a target-modality score model (resumable)"),
-    "models": ("midiffusion.models_cli", "list, show, verify and publish stored models"),
+    "models": ("midiffusion.cli.models", "list, show, verify and publish stored models"),
     "translate": (
-        "midiffusion.translate_cli",
+        "midiffusion.cli.translate",
         "translate a NIfTI volume or PNG slice with a stored model",
     ),
     "evaluate": ("midiffusion.evaluate", "run the benchmark: every method, same slices and seed"),

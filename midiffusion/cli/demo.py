@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from midiffusion import metrics
-from midiffusion.cli import main as cli_main
+from midiffusion.cli.main import main as cli_main
+from midiffusion.evaluation import metrics
 
 SOURCES = ("t2w", "pdw", "flair")
 
@@ -109,7 +109,7 @@ def translate_demo(store, name: str, vols: dict, args: argparse.Namespace) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from midiffusion.translate import Translator
+    from midiffusion.pipeline.translate import Translator
 
     verified = store.verified(name)
     card = verified.card

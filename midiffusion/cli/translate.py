@@ -22,10 +22,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from midiffusion.devices import DEVICE_HELP, resolve_device
-from midiffusion.imaging import NIFTI_SUFFIXES, ImageFormatError
-from midiffusion.intensity import MIN_ANCHOR_SLICES
-from midiffusion.precision import PRECISION_HELP, PRECISIONS
+from midiffusion.io.imaging import NIFTI_SUFFIXES, ImageFormatError
+from midiffusion.pipeline.devices import DEVICE_HELP, resolve_device
+from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES
+from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
 from model_store import SAMPLER_NAMES
 
 PNG_SUFFIX = ".png"
@@ -91,7 +91,7 @@ def _kind(path: Path, role: str) -> str:
 
 
 def _load_input(path: Path) -> nib.Nifti1Image:
-    from midiffusion.imaging import load_nifti, load_png
+    from midiffusion.io.imaging import load_nifti, load_png
 
     if _kind(path, "input") == "nifti":
         return load_nifti(path)
@@ -144,8 +144,8 @@ def translate_file(args: argparse.Namespace) -> Path:
 
     from tqdm import tqdm
 
-    from midiffusion.imaging import save_nifti, save_png
-    from midiffusion.translate import Translator
+    from midiffusion.io.imaging import save_nifti, save_png
+    from midiffusion.pipeline.translate import Translator
     from model_store import ModelStore
 
     verified = choose_model(ModelStore(args.store), args.model, args.version, args.mode)
@@ -186,7 +186,7 @@ def translate_file(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from midiffusion.translate import TranslationCancelled, TranslationInputError
+    from midiffusion.pipeline.translate import TranslationCancelled, TranslationInputError
     from model_store import ModelIntegrityError, ModelNotFoundError
 
     try:

@@ -3,25 +3,26 @@
 Every call recomputes the cross-LMI between the source and the current state (the paper's
 guidance), reuses the cached self-LMI of the source, and optionally applies classifier-free
 guidance on the condition: ``eps = eps_uncond + w * (eps_cond - eps_uncond)`` (not in the paper;
-the network is trained with condition dropout, see ``unet.py``). ``guidance = 1`` is the plain
-conditional model, ``guidance = 0`` ignores the source (the unconditional prior).
+the network is trained with condition dropout, see ``midiffusion.model.unet``). ``guidance = 1``
+is the plain conditional model, ``guidance = 0`` ignores the source (the unconditional prior).
 
 ``clip``: clamp the denoised estimate to the data range, as DDPM's ``clip_denoised``. Early in
 sampling an epsilon error of d becomes an x0 error of sigma * d (sigma up to 157), and without
 the clamp a deterministic sampler carries that overshoot to a saturated result. The published
 sampler does not clip (its update is written in epsilon form), so faithful mode turns it off.
 
-``precision``: a resolved precision of ``precision.py``; only the network call is autocast.
+``precision``: a resolved precision of ``midiffusion.pipeline.precision``; only the network call
+is autocast.
 """
 
 from __future__ import annotations
 
 import torch
 
-from midiffusion.conditioning import ConditioningSpec
-from midiffusion.precision import network_autocast
-from midiffusion.schedules import DDPMSchedule, ve_to_vp
-from midiffusion.unet import UNet
+from midiffusion.diffusion.conditioning import ConditioningSpec
+from midiffusion.diffusion.schedules import DDPMSchedule, ve_to_vp
+from midiffusion.model.unet import UNet
+from midiffusion.pipeline.precision import network_autocast
 
 
 class LMIGuidedDenoiser:

@@ -7,13 +7,13 @@ Ties go to the first offset in row-major order.
 
 Two modes:
 
-- ``"clean"`` (default, :mod:`midiffusion.lmi_clean`): true shifted candidate windows over a
+- ``"clean"`` (default, :mod:`midiffusion.lmi.clean`): true shifted candidate windows over a
   (2R+1)^2 search, float intensities, a sample-based Gaussian KDE (densities evaluated at the 9
   samples themselves), numerically safe for any input values, differentiable in both inputs.
   Normalised MI lies in [0, 1]; ``normalized=False`` gives MI / log(P) (P = p^2 samples), i.e.
   MI as a fraction of its ceiling of log(P) nats, also in [0, 1]. Default bandwidth "auto": per
   image, max(0.1 x robust spread, 2 x pixel-noise std), chosen by measurement (lmi_clean).
-- ``"faithful"`` (:mod:`midiffusion.lmi_faithful`): the published operator, bit for bit in its
+- ``"faithful"`` (:mod:`midiffusion.lmi.faithful`): the published operator, bit for bit in its
   rules (trunc(255 v) quantisation, p^3 bins, kernel std 8 grey levels, epsilon 1e-10, wrap-rule
   candidate windows, first-wins ties), at any image size. Raw MI is in bits, as published.
 
@@ -87,7 +87,7 @@ def local_mutual_information(
 
     ``bandwidth``: kernel standard deviation in image intensity units (a float, for both
     images), ``"auto"`` (clean mode only: per image from its own spread, see
-    :func:`midiffusion.lmi_clean.auto_bandwidth`), or ``None`` for the mode's default.
+    :func:`midiffusion.lmi.clean.auto_bandwidth`), or ``None`` for the mode's default.
     ``bins`` only applies to faithful mode (default p^3, as published).
     Returns :class:`LMIResult` with ``aligned`` and ``similarity`` shaped like the inputs.
     """
@@ -101,7 +101,7 @@ def local_mutual_information(
     )
     _validate_images(source, target)
     if mode == "clean":
-        from midiffusion.lmi_clean import clean_lmi
+        from midiffusion.lmi.clean import clean_lmi
 
         return LMIResult(
             *clean_lmi(
@@ -113,7 +113,7 @@ def local_mutual_information(
                 normalized=normalized,
             )
         )
-    from midiffusion.lmi_faithful import faithful_lmi
+    from midiffusion.lmi.faithful import faithful_lmi
 
     return LMIResult(
         *faithful_lmi(

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from midiffusion.metrics import nmi
-from midiffusion.samplers import get_sampler, shared_noise
+from midiffusion.diffusion.samplers import get_sampler, shared_noise
+from midiffusion.evaluation.metrics import nmi
 
 PRIOR_QUANTILES = 4096
 

@@ -157,9 +157,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _samples(store: ModelStore, args: argparse.Namespace) -> None:
-    from midiffusion import prior_check
     from midiffusion.data.sets import training_slices
-    from midiffusion.imaging import save_png
+    from midiffusion.evaluation import prior_check
+    from midiffusion.io.imaging import save_png
 
     v = store.verified(args.name, args.version)
     training = training_slices(args.beside, args.data_dir) if args.beside else None  # fail early

@@ -11,7 +11,7 @@ Consistency between slices: every slice starts from the same initial noise (seed
 stochastic samplers add the same step noise to every slice (``samplers.shared_noise``), so
 neighbouring slices with similar sources take similar paths. The flip side: the volume's overall
 grey level is one draw of the prior, so whole volumes are shifted to the training data's mean
-(``midiffusion/intensity.py``) where the card records it.
+(``midiffusion/pipeline/intensity.py``) where the card records it.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from safetensors.torch import load_file
 from scipy import ndimage
 
-from midiffusion.conditioning import ConditioningSpec
 from midiffusion.data.geometry import Grid, canonical, resample, slice_grid, voxel_sizes
 from midiffusion.data.recipe import Recipe
-from midiffusion.denoiser import LMIGuidedDenoiser
-from midiffusion.imaging import output_like
-from midiffusion.intensity import MIN_ANCHOR_SLICES, anchor_for, anchor_mean
-from midiffusion.precision import resolve_precision
-from midiffusion.samplers import get_sampler, noise_source, shared_noise_for_draws
-from midiffusion.schedules import DDPMSchedule
-from midiffusion.unet import UNet, UNetConfig
+from midiffusion.diffusion.conditioning import ConditioningSpec
+from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
+from midiffusion.diffusion.samplers import get_sampler, noise_source, shared_noise_for_draws
+from midiffusion.diffusion.schedules import DDPMSchedule
+from midiffusion.io.imaging import output_like
+from midiffusion.model.unet import UNet, UNetConfig
+from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES, anchor_for, anchor_mean
+from midiffusion.pipeline.precision import resolve_precision
 from model_store import DEFAULT_SAMPLING
 
 # the data recipe's field of view, so inference sees brains at the scale training saw them
@@ -327,8 +327,8 @@ class Translator:
 
     def anchor(self, slices01: np.ndarray, mask: np.ndarray, pixel_mm2: float) -> np.ndarray:
         """One volume's translated slices, shifted to the card's anchor for its kind (brain or
-        whole head, ``midiffusion/intensity.py``) inside ``mask``; unchanged where the card has
-        no anchor for that kind. ``pixel_mm2``: the area of one grid pixel."""
+        whole head, ``midiffusion/pipeline/intensity.py``) inside ``mask``; unchanged where the card
+        has no anchor for that kind. ``pixel_mm2``: the area of one grid pixel."""
         target = anchor_for(self.sampling, mask, pixel_mm2)
         return slices01 if target is None else anchor_mean(slices01, mask, target)
 

@@ -25,8 +25,8 @@ def unconditional_samples(
     """``n`` samples of the prior alone (guidance 0), (n, G, G) in [0, 1], in the data's order."""
     import torch
 
-    from midiffusion.samplers import get_sampler
-    from midiffusion.translate import Translator
+    from midiffusion.diffusion.samplers import get_sampler
+    from midiffusion.pipeline.translate import Translator
 
     t = Translator.load(card, weights)
     sigmas = t.schedule.sampling_sigmas(steps).float()
@@ -63,7 +63,7 @@ def beside(samples: np.ndarray, real: np.ndarray) -> np.ndarray:
 def nearest_ssim(images: np.ndarray, training: np.ndarray) -> np.ndarray:
     """Each image's SSIM to its most similar training slice or that slice's mirror image, over
     the pair's joint foreground (dark background would otherwise dominate the mean)."""
-    from midiffusion.metrics import ssim_to_each
+    from midiffusion.evaluation.metrics import ssim_to_each
 
     bank = np.concatenate([training, training[:, ::-1, :]])  # axis 0 of a slice is right-left
     bank_fg = bank > FOREGROUND

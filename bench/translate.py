@@ -33,7 +33,7 @@ import torch
 from midiffusion.model.unet import UNet, UNetConfig
 from midiffusion.pipeline.precision import native_bf16
 from midiffusion.pipeline.translate import Translator
-from midiffusion.train import TrainConfig
+from midiffusion.training.config import TrainConfig
 
 
 def load_translator(device: str) -> tuple[Translator, str]:

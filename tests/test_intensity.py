@@ -10,7 +10,10 @@ import pytest
 
 from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES, anchor_mean, foreground_mean
 from midiffusion.pipeline.translate import Translator
-from midiffusion.train import TrainConfig, Trainer, export_model, load_training_slices
+from midiffusion.training.config import TrainConfig
+from midiffusion.training.data import load_training_slices
+from midiffusion.training.export import export_model
+from midiffusion.training.trainer import Trainer
 
 
 def _volume(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -76,7 +76,9 @@ def test_store_is_torch_free():
 
 def test_publish_command_records_the_sampling_it_is_given(tiny_training_set, tmp_path):
     from midiffusion.cli.main import main
-    from midiffusion.train import TrainConfig, Trainer, load_training_slices
+    from midiffusion.training.config import TrainConfig
+    from midiffusion.training.data import load_training_slices
+    from midiffusion.training.trainer import Trainer
 
     data, manifest = load_training_slices(tiny_training_set, 32)
     Trainer(TrainConfig.load("tiny"), data, tmp_path / "run", manifest).fit(1, progress=False)

@@ -8,7 +8,9 @@ import torch
 
 from midiffusion.pipeline.precision import native_bf16, network_autocast, resolve_precision
 from midiffusion.pipeline.translate import Translator
-from midiffusion.train import TrainConfig, Trainer, load_training_slices
+from midiffusion.training.config import TrainConfig
+from midiffusion.training.data import load_training_slices
+from midiffusion.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 

@@ -16,7 +16,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("midiffusion.cli.demo", "run the end-to-end demo on registry-shipped data"),
     "data": ("midiffusion.cli.data", "fetch registry-shipped data and build the data sets"),
-    "train": ("midiffusion.train", "train a target-modality score model (resumable)"),
+    "train": ("midiffusion.cli.train", "train a target-modality score model (resumable)"),
     "models": ("midiffusion.cli.models", "list, show, verify and publish stored models"),
     "translate": (
         "midiffusion.cli.translate",

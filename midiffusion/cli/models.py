@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             card = store.card(name, version)
             print(f"default: {card.name} v{card.version}")
         elif args.action == "publish":
-            from midiffusion.train import export_model
+            from midiffusion.training.export import export_model
 
             with tempfile.TemporaryDirectory() as tmp:
                 weights = Path(tmp) / "weights.safetensors"

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from midiffusion.diffusion.schedules import DDPMSchedule
-from midiffusion.evaluate import select_slices, slice_consistency
 from midiffusion.evaluation import baselines
+from midiffusion.evaluation.directions import select_slices
+from midiffusion.evaluation.metrics import slice_consistency
 from midiffusion.pipeline.translate import Translator
 
 

@@ -22,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "midiffusion.cli.translate",
         "translate a NIfTI volume or PNG slice with a stored model",
     ),
-    "evaluate": ("midiffusion.evaluate", "run the benchmark: every method, same slices and seed"),
+    "evaluate": (
+        "midiffusion.cli.evaluate",
+        "run the benchmark: every method, same slices and seed",
+    ),
     "serve": (
         "service.serve",
         "run the REST gateway (and an embedded worker when no Redis is configured)",

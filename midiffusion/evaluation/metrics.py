@@ -3,7 +3,8 @@
 SSIM uses the Gaussian window of Wang et al. 2004 (11 x 11, sigma 1.5, K1 = 0.01, K2 = 0.03) with
 data_range 1; PSNR uses a peak of 1. With a mask, every metric is computed over the mask's pixels
 only (SSIM: the mean of the SSIM map there). NMI is the histogram estimate with 64 bins,
-normalised as 2 MI / (H1 + H2) (the arithmetic form, as sklearn's default).
+normalised as 2 MI / (H1 + H2) (the arithmetic form, as sklearn's default). Slice-to-slice
+consistency: the mean absolute difference between neighbouring slices inside either one's mask.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from scipy import ndimage
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # 11 x 11 window
 NMI_BINS = 64
+# the keys of slice_metrics() as the tables and figures label them
+METRIC_LABELS = {
+    "ssim_tar": "SSIM(tar)",
+    "ssim_src": "SSIM(src)",
+    "psnr": "PSNR",
+    "mse": "MSE",
+    "nmi_tar": "NMI(tar)",
+    "nmi_src": "NMI(src)",
+}
 
 
 def _masked(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -108,3 +118,13 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         }
         for k in keys
     }
+
+
+def slice_consistency(volume: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring slices, inside either slice's mask."""
+    diffs = []
+    for k in range(len(volume) - 1):
+        m = mask[k] | mask[k + 1]
+        if m.any():
+            diffs.append(float(np.abs(volume[k + 1] - volume[k])[m].mean()))
+    return float(np.mean(diffs)) if diffs else float("nan")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.jobs import (
+from jobs import (
     JobError,
     JobOutput,
     JobRecord,
@@ -26,9 +26,9 @@ from service.jobs import (
     StartOutcome,
     open_job_store,
 )
-from service.settings import WorkerSettings
-from service.storage import LocalStorage
+from jobs.storage import LocalStorage
 from worker import metrics
+from worker.settings import WorkerSettings
 
 log = logging.getLogger("midiffusion.worker")
 

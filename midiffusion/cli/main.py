@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the benchmark: every method, same slices and seed",
     ),
     "serve": (
-        "service.serve",
+        "midiffusion.cli.serve",
         "run the REST gateway (and an embedded worker when no Redis is configured)",
     ),
 }

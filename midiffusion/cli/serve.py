@@ -1,7 +1,7 @@
 """``midiffusion serve``: the REST gateway, plus one embedded worker when no Redis is set.
 
 With ``MIDIFF_REDIS_URL`` set the gateway only enqueues; run workers with
-``celery -A worker worker``. Without it, one process holds the gateway and a ``solo`` Celery
+``celery -A worker.app worker``. Without it, one process holds the gateway and a ``solo`` Celery
 worker thread on Celery's in-memory transport, with job records in SQLite under
 ``MIDIFF_STORAGE_DIR``: the same task code path, nothing faked.
 """
@@ -12,11 +12,8 @@ import argparse
 import logging
 import os
 import shutil
-import socket
 import sys
 import tempfile
-import threading
-from typing import Any
 
 log = logging.getLogger("midiffusion.service")
 
@@ -33,31 +30,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
 
 
-def _start_embedded_worker(celery_app: Any, loglevel: str) -> tuple[Any, threading.Thread]:
-    # Celery's task tracer looks tasks up on the *current* app: make it this one.
-    celery_app.set_current()
-    celery_app.set_default()
-    worker = celery_app.WorkController(
-        pool_cls="solo",
-        concurrency=1,
-        hostname=f"embedded@{socket.gethostname()}",
-        loglevel=loglevel.upper(),
-        without_heartbeat=True,
-        without_mingle=True,
-        without_gossip=True,
-    )
-    thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
-    thread.start()
-    return worker, thread
-
-
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
     from service.auth import AuthConfigError
-    from service.settings import GatewaySettings, WorkerSettings
-    from worker.app import create_celery_app
+    from service.settings import GatewaySettings
+    from worker.app import create_worker_app, start_embedded_worker
+    from worker.settings import WorkerSettings
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -71,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    celery_app = create_celery_app(WorkerSettings()) if embedded else None
+    celery_app = create_worker_app(WorkerSettings()) if embedded else None
     try:
         app = create_app(settings, celery_app=celery_app)
     except AuthConfigError as exc:
@@ -84,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
             "job records in %s",
             settings.storage_dir / "jobs.sqlite3",
         )
-        worker, thread = _start_embedded_worker(celery_app, args.log_level)
+        worker, thread = start_embedded_worker(celery_app, args.log_level)
         # /health/ready reports the embedded worker too: without it jobs would wait forever.
         app.state.ctx.extra_checks["embedded_worker"] = lambda: (
             None if thread.is_alive() else "the embedded worker thread has stopped; see the log"
         )
     else:
         log.info(
-            "gateway only: jobs go to %s; start workers with `celery -A worker worker`",
+            "gateway only: jobs go to %s; start workers with `celery -A worker.app worker`",
             settings.redis_url,
         )
     multiproc_dir = None

@@ -7,7 +7,7 @@ import json
 
 import redis
 
-from service.jobs.base import (
+from jobs.records import (
     WORKER_LOST_TEMPLATE,
     IdempotencyHit,
     JobRecord,

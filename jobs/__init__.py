@@ -1,16 +1,21 @@
-"""Job records: one interface, a Redis implementation and an SQLite one for the embedded mode.
+"""Jobs: what the gateway and the workers share, and nothing else of theirs.
 
-The record is the single source of truth for a job's state, progress and cancel flag. The gateway
-writes it at submission, the worker moves it through its states, and both read it. Celery's own
-result backend is not used. Every state change is one atomic step (a Lua script in Redis, an
-``IMMEDIATE`` transaction in SQLite), so a cancel and a worker start can never both win.
+- job records (``records``; Redis for deployments, SQLite for the embedded mode): the single
+  source of truth for a job's state, progress and cancel flag. Every state change is one atomic
+  step (a Lua script in Redis, an ``IMMEDIATE`` transaction in SQLite), so a cancel and a
+  worker start can never both win. Celery's own result backend is not used;
+- the files of uploads and results (``storage``);
+- the queue contract: task name, message, Celery configuration (``queue``);
+- the settings both sides read (``settings``).
+
+Torch-free, and it imports nothing of the gateway, the workers or the science.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from service.jobs.base import (
+from jobs.records import (
     TERMINAL_STATES,
     WORKER_LOST,
     IdempotencyHit,
@@ -24,8 +29,8 @@ from service.jobs.base import (
     StartResult,
     worker_lost_message,
 )
-from service.jobs.redis_store import RedisJobStore
-from service.jobs.sqlite_store import SQLiteJobStore
+from jobs.redis_store import RedisJobStore
+from jobs.sqlite_store import SQLiteJobStore
 
 __all__ = [
     "TERMINAL_STATES",

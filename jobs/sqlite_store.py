@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from service.jobs.base import (
+from jobs.records import (
     WORKER_LOST,
     IdempotencyHit,
     JobRecord,

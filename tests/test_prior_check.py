@@ -24,7 +24,7 @@ from midiffusion.io.imaging import load_png
 @pytest.fixture(scope="module")
 def tiny(tiny_model_store):
     v = tiny_model_store.verified("tiny")
-    return v.card.model_dump(), v.weights_path
+    return v.card, v.weights_path
 
 
 def test_samples_tile_into_a_padded_grid(tiny):

@@ -20,7 +20,7 @@ from midiffusion.pipeline.translate import (
 @pytest.fixture(scope="module")
 def translator(tiny_model_store) -> Translator:
     v = tiny_model_store.verified("tiny")
-    return Translator.load(v.card.model_dump(), v.weights_path)
+    return Translator.load(v.card, v.weights_path)
 
 
 def phantom(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -81,7 +81,7 @@ class WorkerRuntime:
             started = time.perf_counter()
             verified = self.model_store().verified(name, version)
             translator = Translator.load(
-                verified.card.model_dump(),
+                verified.card,
                 Path(verified.weights_path),
                 device=resolve_device(self.settings.device),
                 precision=self.settings.precision,

@@ -113,7 +113,7 @@ def translate_demo(store, name: str, vols: dict, args: argparse.Namespace) -> No
 
     verified = store.verified(name)
     card = verified.card
-    translator = Translator.load(card.model_dump(), verified.weights_path)
+    translator = Translator.load(card, verified.weights_path)
     n = vols["t1"].shape[2]
     idx = np.linspace(n * 0.25, n * 0.75, args.slices).round().astype(int)
     truth = np.stack([np.asarray(vols["t1"].dataobj[:, :, i], np.float32) for i in idx])

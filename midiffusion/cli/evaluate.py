@@ -16,7 +16,7 @@ from midiffusion.evaluation.reports import markdown_report
 from midiffusion.evaluation.runner import EvalSettings, evaluate
 from midiffusion.pipeline.devices import DEVICE_HELP
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
-from model_store import SAMPLER_NAMES
+from model_store.card import SAMPLER_NAMES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -50,13 +50,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
     pub.add_argument("--name", required=True)
     pub.add_argument("--target-modality", required=True)
-    pub.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLING["sampler"])
-    pub.add_argument("--steps", type=int, default=DEFAULT_SAMPLING["steps"])
-    pub.add_argument("--guidance", type=float, default=DEFAULT_SAMPLING["guidance"])
+    pub.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLING.sampler)
+    pub.add_argument("--steps", type=int, default=DEFAULT_SAMPLING.steps)
+    pub.add_argument("--guidance", type=float, default=DEFAULT_SAMPLING.guidance)
     pub.add_argument(
         "--samples",
         type=int,
-        default=DEFAULT_SAMPLING["samples"],
+        default=DEFAULT_SAMPLING.samples,
         help="translations averaged per slice",
     )
     pub.add_argument(
@@ -164,7 +164,7 @@ def _samples(store: ModelStore, args: argparse.Namespace) -> None:
     v = store.verified(args.name, args.version)
     training = training_slices(args.beside, args.data_dir) if args.beside else None  # fail early
     images = prior_check.unconditional_samples(
-        v.card.model_dump(), v.weights_path, args.n, args.steps, args.seed, args.sampler
+        v.card, v.weights_path, args.n, args.steps, args.seed, args.sampler
     )
     if training is None:
         save_png(prior_check.tile(images), args.out)

@@ -26,14 +26,13 @@ from midiffusion.io.imaging import NIFTI_SUFFIXES, ImageFormatError
 from midiffusion.pipeline.devices import DEVICE_HELP, resolve_device
 from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
-from model_store import SAMPLER_NAMES
+from model_store.card import FAITHFUL_SAMPLING, SAMPLER_NAMES
 
 PNG_SUFFIX = ".png"
 # A PNG is a slice as a viewer shows it: anterior at the top, the patient's right on the right.
 # Rows run posterior-ward, columns right-ward (1 mm pixels); the output PNG keeps that layout.
 PNG_AFFINE = np.array([[0.0, 1, 0, 0], [-1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
 ANCHOR_CHOICES = {"auto": None, "on": True, "off": False}
-FAITHFUL_DEFAULTS = {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "samples": 1}
 
 
 class TranslateCLIError(ValueError):
@@ -102,26 +101,22 @@ def _load_input(path: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(load_png(path), PNG_AFFINE)
 
 
-def _model_mode(card) -> str:
-    return card.conditioning.get("lmi", {}).get("mode", "clean")
-
-
 def choose_model(store, name: str | None, version: int | None, mode: str):
     """The verified model to run in ``mode``; a clear error when none fits."""
     if name is None:
         if mode == "clean":
             name = store.default_name()
         else:
-            faithful = [c.name for c in store.list() if _model_mode(c) == "faithful"]
+            faithful = [c.name for c in store.list() if c.lmi_mode() == "faithful"]
             if not faithful:
-                known = ", ".join(f"{c.name} ({_model_mode(c)})" for c in store.list()) or "none"
+                known = ", ".join(f"{c.name} ({c.lmi_mode()})" for c in store.list()) or "none"
                 raise TranslateCLIError(
                     "--mode faithful needs a model trained with faithful LMI; the store holds "
                     f"none (models: {known})"
                 )
             name = faithful[-1]
     verified = store.verified(name, version)
-    trained = _model_mode(verified.card)
+    trained = verified.card.lmi_mode()
     if trained != mode:
         raise TranslateCLIError(
             f"model {name!r} was trained with {trained} LMI and runs only in --mode {trained}; "
@@ -150,13 +145,14 @@ def translate_file(args: argparse.Namespace) -> Path:
 
     verified = choose_model(ModelStore(args.store), args.model, args.version, args.mode)
     card = verified.card
-    if args.anchor == "on" and card.sampling.get("anchor_mean") is None:
+    if args.anchor == "on" and card.sampling.anchor_mean is None:
         raise TranslateCLIError(
             f"model {card.name!r} v{card.version} has no intensity anchor in its card "
             "(sampling.anchor_mean): use --anchor auto or off, or a version published with one"
         )
-    translator = Translator.load(card.model_dump(), verified.weights_path, device, args.precision)
-    defaults = FAITHFUL_DEFAULTS if args.mode == "faithful" else {}
+    translator = Translator.load(card, verified.weights_path, device, args.precision)
+    # faithful mode runs the published chain; clean mode leaves what is not given to the card
+    defaults = FAITHFUL_SAMPLING.model_dump() if args.mode == "faithful" else {}
     with tqdm(
         desc=f"translating with {card.name} v{card.version}",
         unit="step",

@@ -112,8 +112,8 @@ def sdedit(
     every slice), scaled to sigma(t0) and added to the source, and the same shared step noise
     when the sampler is stochastic.
     """
-    steps = int(steps or translator.sampling["steps"])
-    sample = get_sampler(sampler or translator.sampling["sampler"])
+    steps = int(steps or translator.sampling.steps)
+    sample = get_sampler(sampler or translator.sampling.sampler)
     device = translator.device
     sigmas = sdedit_sigmas(translator.schedule, t0, steps).to(device, torch.float32)
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -24,6 +24,7 @@ from midiffusion.evaluation import baselines
 from midiffusion.evaluation.directions import Direction
 from midiffusion.evaluation.results import MethodResult
 from midiffusion.pipeline.intensity import anchor_for
+from model_store.card import FAITHFUL_SAMPLING
 
 if TYPE_CHECKING:
     from midiffusion.evaluation.runner import EvalSettings
@@ -121,9 +122,9 @@ def _faithful(ctx: MethodContext, d: Direction) -> Rows:
         lambda: ctx.faithful.translate_slices(
             d.source,
             steps=s.faithful_steps,
-            sampler="ddpm",
-            guidance=1.0,
-            samples=1,
+            sampler=FAITHFUL_SAMPLING.sampler,
+            guidance=FAITHFUL_SAMPLING.guidance,
+            samples=FAITHFUL_SAMPLING.samples,
             progress=bar,
             **_common(s),
         ),

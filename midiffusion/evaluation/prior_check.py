@@ -12,15 +12,19 @@ Two looks at one question:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from model_store.card import ModelCard
 
 SEPARATOR_PX = 4  # white column between the samples and the real slices
 FOREGROUND = 0.1  # [0, 1] level above which a pixel is brain, not background (or its noise)
 
 
 def unconditional_samples(
-    card: dict, weights: Path, n: int, steps: int, seed: int, sampler: str | None = None
+    card: ModelCard, weights: Path, n: int, steps: int, seed: int, sampler: str | None = None
 ) -> np.ndarray:
     """``n`` samples of the prior alone (guidance 0), (n, G, G) in [0, 1], in the data's order."""
     import torch
@@ -33,7 +37,7 @@ def unconditional_samples(
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, t.grid, t.grid, generator=gen) * sigmas[0]
     denoiser = t.denoiser(None, 0.0)
-    x0 = get_sampler(sampler or t.sampling["sampler"])(denoiser, x, sigmas, generator=gen)
+    x0 = get_sampler(sampler or t.sampling.sampler)(denoiser, x, sigmas, generator=gen)
     return t.spec.to_unit(x0)[:, 0].numpy()
 
 

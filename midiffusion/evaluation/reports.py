@@ -16,7 +16,6 @@ import numpy as np
 
 from midiffusion.evaluation.metrics import METRIC_LABELS
 from midiffusion.evaluation.results import EvaluationResults, json_safe
-from model_store import DEFAULT_SAMPLING
 
 READABLE = 0o644  # mkstemp creates 0600 files; results are meant to be shared
 
@@ -76,16 +75,16 @@ def _model_line(results: EvaluationResults) -> str:
     s, m = results.settings, results.model
     if m is None:
         return "No model run (baselines only)"
-    sampling = {**DEFAULT_SAMPLING, **m.sampling}
-    guidance = s.guidance if s.guidance is not None else m.sampling.get("guidance")
+    sampling = m.sampling
+    guidance = s.guidance if s.guidance is not None else sampling["guidance"]
     samples = s.samples or sampling["samples"]
     antithetic = sampling["antithetic"] if s.antithetic is None else s.antithetic
     pairs = " in antithetic pairs" if antithetic and samples > 1 else ""
     return (
         f"Model `{m.name}` v{m.version} ({m.training_iterations} training "
         f"iterations, {m.parameters:,} parameters); sampler "
-        f"{s.sampler or m.sampling.get('sampler')}, "
-        f"{s.steps or m.sampling.get('steps')} steps, guidance {guidance}, "
+        f"{s.sampler or sampling['sampler']}, "
+        f"{s.steps or sampling['steps']} steps, guidance {guidance}, "
         f"mean of {samples} sample{'s' if samples > 1 else ''}{pairs}; "
         f"SDEdit t0 = {s.sdedit_t0}"
     )

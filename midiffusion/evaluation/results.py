@@ -112,8 +112,8 @@ class ModelSummary:
             grid_size=card.grid_size,
             parameters=card.parameters,
             training_iterations=card.training.get("iterations"),
-            conditioning=card.conditioning,
-            sampling=card.sampling,
+            conditioning=card.conditioning.model_dump(mode="json"),
+            sampling=card.sampling.model_dump(mode="json"),
         )
 
 

@@ -45,6 +45,7 @@ from midiffusion.evaluation.results import (
     ModelSummary,
 )
 from midiffusion.pipeline.devices import resolve_device
+from model_store.card import FAITHFUL_SAMPLING
 
 __all__ = ["EvalSettings", "EvaluationError", "evaluate"]
 
@@ -57,7 +58,7 @@ class EvalSettings:
     model: str | None = None  # default: the store's default model
     version: int | None = None
     faithful_model: str | None = None
-    faithful_steps: int = 1000
+    faithful_steps: int = FAITHFUL_SAMPLING.steps
     slices: int | None = None  # evenly spaced subset; default every slice of the set
     steps: int | None = None  # default: the model card's
     sampler: str | None = None
@@ -82,7 +83,7 @@ def _load_translator(
 
     verified = store.verified(name, version)
     card = verified.card
-    mode = card.conditioning.get("lmi", {}).get("mode", "clean")
+    mode = card.lmi_mode()
     if faithful and mode != "faithful":
         raise EvaluationError(
             f"model {card.name!r} was trained with {mode} conditioning; the faithful method "
@@ -93,7 +94,7 @@ def _load_translator(
             f"model {card.name!r} is faithful-trained: pass it as --faithful-model, and a "
             "clean model as --model"
         )
-    return Translator.load(card.model_dump(), verified.weights_path, device, precision), card
+    return Translator.load(card, verified.weights_path, device, precision), card
 
 
 def evaluate(

@@ -20,7 +20,12 @@ and the volume's kind is read from its size: the largest axial section of a stri
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from model_store.card import SamplingSection
 
 # whole-volume anchoring applies by default from this many foreground slices on (a brain on the
 # model's 128 grid spans about 100 axial slices at 1-1.5 mm)
@@ -36,10 +41,9 @@ def is_whole_head(mask: np.ndarray, pixel_mm2: float) -> bool:
     return largest * pixel_mm2 / 100.0 > HEAD_AREA_CM2
 
 
-def anchor_for(sampling: dict, mask: np.ndarray, pixel_mm2: float) -> float | None:
+def anchor_for(sampling: SamplingSection, mask: np.ndarray, pixel_mm2: float) -> float | None:
     """The card's anchor for this volume's kind; None where the card has none for it."""
-    key = "anchor_mean_head" if is_whole_head(mask, pixel_mm2) else "anchor_mean"
-    return sampling.get(key)
+    return sampling.anchor_mean_head if is_whole_head(mask, pixel_mm2) else sampling.anchor_mean
 
 
 def foreground_mean(slices01: np.ndarray) -> float:

@@ -38,12 +38,11 @@ from midiffusion.io.imaging import output_like
 from midiffusion.model.unet import UNet, UNetConfig
 from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES, anchor_for, anchor_mean
 from midiffusion.pipeline.precision import resolve_precision
-from model_store import DEFAULT_SAMPLING
+from model_store.card import MIN_INPLANE, ModelCard
 
 # the data recipe's field of view, so inference sees brains at the scale training saw them
 FOV_MARGIN = Recipe().fov_margin
 FOREGROUND_THRESHOLD = 0.05  # of the normalised intensity range
-MIN_INPLANE = 16  # smallest in-plane size (voxels) we accept
 
 
 class TranslationCancelled(Exception):
@@ -206,12 +205,15 @@ def _draws_per_batch(slices: int, samples: int, batch_size: int) -> int:
 # the translator
 # --------------------------------------------------------------------------------------------
 class Translator:
-    """A loaded target-domain model, ready to translate volumes or grid slices."""
+    """A loaded target-domain model, ready to translate volumes or grid slices.
+
+    ``card``: the model's typed card; its sampling section supplies every setting a call leaves
+    out."""
 
     def __init__(
         self,
         net: UNet,
-        card: dict,
+        card: ModelCard,
         device: str | torch.device = "cpu",
         precision: str = "auto",
     ) -> None:
@@ -219,24 +221,22 @@ class Translator:
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         self.net = net.to(self.device).eval()
-        self.schedule = DDPMSchedule.from_dict(card["schedule"])
-        self.spec = ConditioningSpec.from_dict(card["conditioning"])
-        self.grid = int(card["grid_size"])
-        self.sampling = {**DEFAULT_SAMPLING, **card.get("sampling", {})}
+        self.schedule = DDPMSchedule.from_dict(card.schedule.model_dump())
+        self.spec = ConditioningSpec.from_dict(card.conditioning.model_dump())
+        self.grid = card.grid_size
+        self.sampling = card.sampling
         # clean models clamp x0 estimates to the data range; the published (faithful) chain does not
-        self.clip_denoised = bool(
-            self.sampling.get("clip_denoised", self.spec.state == "range_consistent")
-        )
+        self.clip_denoised = self.spec.state == "range_consistent"
 
     @classmethod
     def load(
         cls,
-        card: dict,
+        card: ModelCard,
         weights_path: str | Path,
         device: str | torch.device = "cpu",
         precision: str = "auto",
     ) -> Translator:
-        net = UNet(UNetConfig.from_dict(card["network"]))
+        net = UNet(UNetConfig.from_dict(card.network.model_dump()))
         state = load_file(str(weights_path), device="cpu")
         net.load_state_dict(state, strict=True)
         return cls(net, card, device, precision)
@@ -276,14 +276,14 @@ class Translator:
         part that cannot match the patient) and costs ``samples`` times the time. ``antithetic``
         (default: the card's) pairs the draws on opposite noises (``samplers.noise_source``).
         """
-        steps = int(steps or self.sampling["steps"])
-        sample = get_sampler(sampler or self.sampling["sampler"])
-        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
-        samples = int(samples or self.sampling["samples"])
+        steps = int(steps or self.sampling.steps)
+        sample = get_sampler(sampler or self.sampling.sampler)
+        guidance = float(self.sampling.guidance if guidance is None else guidance)
+        samples = int(samples or self.sampling.samples)
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
         if antithetic is None:
-            antithetic = bool(self.sampling["antithetic"])
+            antithetic = self.sampling.antithetic
         batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))
         sigmas = self.schedule.sampling_sigmas(steps).to(self.device, torch.float32)
         gen = torch.Generator(device="cpu").manual_seed(seed)

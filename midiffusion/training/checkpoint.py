@@ -9,13 +9,17 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from midiffusion.diffusion.conditioning import ConditioningSpec
+from midiffusion.model.unet import UNetConfig
+
 if TYPE_CHECKING:
     from midiffusion.training.trainer import Trainer
+    from model_store.card import ModelCard
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -88,13 +92,15 @@ def resume(trainer: Trainer) -> bool:
     return True
 
 
-def warm_start(trainer: Trainer, card: Any, weights: Path) -> None:
+def warm_start(trainer: Trainer, card: ModelCard, weights: Path) -> None:
     """Start from a stored model (its card and verified weights): the EMA weights become both the
     weights and the EMA; the step count and the compute used continue from the card's, so the
     next card counts the whole history. Adam's moments start fresh."""
-    if card.network != trainer.config.network:
+    network = UNetConfig.from_dict(card.network.model_dump())
+    if network != UNetConfig.from_dict(trainer.config.network):
         raise ValueError(f"{card.name} v{card.version} has another network than this config")
-    if card.conditioning != trainer.config.conditioning:
+    conditioning = ConditioningSpec.from_dict(card.conditioning.model_dump())
+    if conditioning != ConditioningSpec.from_dict(trainer.config.conditioning):
         raise ValueError(f"{card.name} v{card.version} was trained with other conditioning")
     state = load_file(str(weights))
     trainer.net.load_state_dict(state)

@@ -16,12 +16,12 @@ from model_store.card import (
     SamplingSection,
     ScheduleSection,
 )
+from model_store.files import sha256_file
 from model_store.registry import (
     ModelIntegrityError,
     ModelNotFoundError,
     ModelStore,
     VerifiedModel,
-    sha256_file,
 )
 
 __all__ = [

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from model_store.card import ModelCard
+from model_store.files import sha256_file, write_text_atomic
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "models"
 WEIGHTS_FILE = "weights.safetensors"
@@ -47,14 +48,6 @@ class VerifiedModel:
     card: ModelCard
     weights_path: Path
     directory: Path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ModelStore:
@@ -102,7 +95,7 @@ class ModelStore:
         """Point the ``default`` alias at ``name`` v``version`` (which must verify)."""
         self.verified(name, version)
         aliases = {**self.aliases(), "default": f"{name}:{version}"}
-        _write_atomic(self.root / ALIASES_FILE, json.dumps(aliases, indent=2) + "\n")
+        write_text_atomic(self.root / ALIASES_FILE, json.dumps(aliases, indent=2) + "\n")
 
     def directory(self, name: str, version: int | None = None) -> Path:
         versions = self.versions(name)
@@ -265,10 +258,3 @@ def _read_model_files(source: Path) -> dict[str, bytes]:
                     out[Path(member.name).name] = handle.read()
             return out
     raise ValueError(f"{source}: not a model directory, .zip or .tar(.gz) archive")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

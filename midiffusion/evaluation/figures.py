@@ -3,8 +3,6 @@ the ground truth, each output labelled with its SSIM."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +10,8 @@ import numpy as np
 from midiffusion.evaluation.directions import Direction
 from midiffusion.evaluation.methods import ROWS
 from midiffusion.evaluation.metrics import METRIC_LABELS
-from midiffusion.evaluation.reports import READABLE
 from midiffusion.evaluation.results import DirectionResult
+from model_store.files import atomic_path
 
 
 def figure(
@@ -56,14 +54,9 @@ def figure(
     fig.suptitle(f"{d.name} ({d.set_name})", fontsize=9)
     fig.tight_layout()
     path = out_dir / f"figure_{d.name.replace('->', '_to_').replace(' ', '_')}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.chmod(tmp, READABLE)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path.name

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,28 +14,14 @@ import numpy as np
 
 from midiffusion.evaluation.metrics import METRIC_LABELS
 from midiffusion.evaluation.results import EvaluationResults, json_safe
-
-READABLE = 0o644  # mkstemp creates 0600 files; results are meant to be shared
+from model_store.files import write_text_atomic
 
 
 def write_reports(results: EvaluationResults, out_dir: Path) -> None:
-    _write_text(out_dir / "results.md", markdown_report(results))
-    _write_text(out_dir / "results.json", results.to_json())
+    write_text_atomic(out_dir / "results.md", markdown_report(results))
+    write_text_atomic(out_dir / "results.json", results.to_json())
     card = card_metrics(results, f"every method in {out_dir / 'results.json'}")
-    _write_text(out_dir / "metrics.json", json.dumps(json_safe(card), indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, READABLE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(out_dir / "metrics.json", json.dumps(json_safe(card), indent=2) + "\n")
 
 
 def card_metrics(results: EvaluationResults, where: str) -> dict[str, Any]:

@@ -7,13 +7,13 @@ guessed. PNG is for single 2D slices, as grey levels in [0,1].
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from PIL import Image
+
+from model_store.files import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -57,27 +57,13 @@ def output_like(reference: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Image
     return out
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are for others to read too
-    return fd, tmp
-
-
 def save_nifti(img: nib.Nifti1Image, path: str | Path) -> Path:
     """Write ``img`` atomically (temp file + rename): no half-written output is ever visible."""
     path = Path(path)
     if not path.name.endswith(NIFTI_SUFFIXES):
         raise ImageFormatError(f"{path}: output must end in .nii or .nii.gz")
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -108,12 +94,6 @@ def save_png(array01: np.ndarray, path: str | Path, *, bits: int = 8) -> Path:
     else:
         raise ValueError("bits must be 8 or 16")
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -6,7 +6,6 @@ where it stopped. Also the warm start from a stored model's weights.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from midiffusion.diffusion.conditioning import ConditioningSpec
 from midiffusion.model.unet import UNetConfig
+from model_store.files import atomic_path
 
 if TYPE_CHECKING:
     from midiffusion.training.trainer import Trainer
@@ -25,11 +25,9 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 def write(path: Path, state: dict[str, torch.Tensor], meta: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        {k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"meta": json.dumps(meta)}
-    )
-    os.replace(tmp, path)
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
 
 
 def read_meta(path: Path) -> dict:

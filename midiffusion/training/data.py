@@ -19,7 +19,10 @@ def load_training_slices(data_dir: Path, grid: int) -> tuple[np.ndarray, dict]:
     files = sorted(
         p
         for p in Path(data_dir).iterdir()
-        if p.name.endswith((".nii", ".nii.gz")) and "mask" not in p.name
+        # hidden files are temporaries of an atomic write (model_store.files), never volumes
+        if p.name.endswith((".nii", ".nii.gz"))
+        and "mask" not in p.name
+        and not p.name.startswith(".")
     )
     manifest_path = Path(data_dir) / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}

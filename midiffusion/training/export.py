@@ -7,7 +7,6 @@ mean foreground intensity per kind (``midiffusion/pipeline/intensity.py``).
 from __future__ import annotations
 
 import csv
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +20,7 @@ from midiffusion.training import checkpoint
 from midiffusion.training.config import TrainConfig
 from midiffusion.training.data import HEAD_SUFFIX, load_training_slices
 from midiffusion.training.trainer import LOSS_LOG
+from model_store.files import atomic_path
 
 
 def _training_anchors(meta: dict, grid: int) -> dict[str, float]:
@@ -71,9 +71,8 @@ def export_model(
     if anchor:
         sampling = {**sampling, **_training_anchors(meta, config.grid_size)}
     ema = checkpoint.read_ema(path)
-    tmp = out_weights.with_name(f".{out_weights.name}.tmp")
-    save_file(ema, str(tmp))
-    os.replace(tmp, out_weights)
+    with atomic_path(out_weights) as tmp:
+        save_file(ema, str(tmp))
     log = Path(run_dir) / LOSS_LOG
     rows = list(csv.DictReader(log.open())) if log.is_file() else []
     tail = [float(r["loss"]) for r in rows[-50:]]

@@ -18,8 +18,9 @@ def _csv(value: str) -> list[str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fetch_help = "put every data source into the data cache (sha256-checked)"
     fetch = sub.add_parser(
-        "fetch", help="put every data source into the data cache (sha256-checked)"
+        "fetch", help=fetch_help, description=fetch_help, formatter_class=parser.formatter_class
     )
     fetch.add_argument(
         "--sources",
@@ -29,7 +30,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         + ", ".join(s.name for s in SOURCES)
         + ")",
     )
-    build = sub.add_parser("build", help="build the data sets from the cached sources")
+    build_help = "build the data sets from the cached sources"
+    build = sub.add_parser(
+        "build", help=build_help, description=build_help, formatter_class=parser.formatter_class
+    )
     build.add_argument(
         "--sets",
         type=_csv,

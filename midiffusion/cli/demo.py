@@ -25,10 +25,10 @@ SOURCES = ("t2w", "pdw", "flair")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    parser.add_argument("-o", "--out", type=Path, default=Path("out/demo"), help="output folder")
     parser.add_argument("--slices", type=int, default=4, help="slices per source to translate")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
-    parser.add_argument("--model", help="model name (default: the store's default)")
+    parser.add_argument("-m", "--model", help="model name (default: the store's default)")
 
 
 def _ensure_mni_synth():

@@ -20,53 +20,81 @@ from model_store.card import SAMPLER_NAMES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    d = EvalSettings()  # the defaults, defined once
     parser.add_argument(
         "--protocol",
         nargs="+",
         choices=PROTOCOLS,
-        default=list(PROTOCOLS),
+        default=d.protocols,
         help="mni-synth (T2w/PDw/FLAIR -> T1, against MNI152 T1), head-synth (the same on a "
         "held-out whole head) and/or ct-real (CT -> T1)",
     )
-    parser.add_argument("--directions", nargs="+", choices=list(DIRECTIONS), help="a subset")
-    parser.add_argument("--methods", nargs="+", choices=METHOD_GROUPS, default=list(METHOD_GROUPS))
-    parser.add_argument("--out", type=Path, default=Path("out/evaluation"), help="output folder")
+    parser.add_argument(
+        "--directions",
+        nargs="+",
+        choices=list(DIRECTIONS),
+        help="a subset of the directions (default: every direction of the protocols)",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHOD_GROUPS, default=d.methods, help="methods to run"
+    )
+    parser.add_argument(
+        "-o", "--out", type=Path, default=Path("out/evaluation"), help="output folder"
+    )
     parser.add_argument("-m", "--model", help="clean model name (default: the store's default)")
-    parser.add_argument("--version", type=int)
-    parser.add_argument("--store", type=Path, help="model store root")
+    parser.add_argument(
+        "--version", type=int, help="model version (default: the aliased one, else the latest)"
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="model store root (default: $MIDIFF_MODEL_DIR or the shipped model_store/models)",
+    )
     parser.add_argument("--data-dir", type=Path, help="data root (default: $MIDIFF_DATA_DIR)")
-    parser.add_argument("--faithful-model", help="a model trained with faithful LMI")
+    parser.add_argument(
+        "--faithful-model", help="a model trained with faithful LMI (default: none, not run)"
+    )
     parser.add_argument(
         "--faithful-steps",
         type=int,
-        default=1000,
+        default=d.faithful_steps,
         help="DDPM steps for the faithful method (1000 = the published chain; fewer subsample it)",
     )
-    parser.add_argument("--slices", type=int, help="evenly spaced slices per direction (all)")
+    parser.add_argument(
+        "--slices", type=int, help="evenly spaced slices per direction (default: all)"
+    )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
-    parser.add_argument("--sampler", choices=SAMPLER_NAMES)
-    parser.add_argument("--guidance", type=float)
-    parser.add_argument("--samples", type=int, help="translations averaged per slice (card's)")
+    parser.add_argument(
+        "--sampler", choices=SAMPLER_NAMES, help="sampler (default: the model card's)"
+    )
+    parser.add_argument("--guidance", type=float, help="LMI guidance (default: the model card's)")
+    parser.add_argument(
+        "--samples", type=int, help="translations averaged per slice (default: the card's)"
+    )
     parser.add_argument(
         "--antithetic",
         choices=("on", "off"),
         help="pair the averaged draws on opposite noises (default: the model card's)",
     )
-    parser.add_argument("--sdedit-t0", type=int, default=500, help="SDEdit start timestep")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sdedit-t0", type=int, default=d.sdedit_t0, help="SDEdit start timestep")
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed of every method")
     parser.add_argument(
         "--more-seeds",
         type=int,
         nargs="+",
-        default=[],
+        default=d.more_seeds,
         help="rerun the stochastic methods at these seeds too and report the spread",
     )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    parser.add_argument("--prior-set", default="t1-train", help="histogram baseline's T1 prior")
+    parser.add_argument(
+        "--batch-size", type=int, help="slices per sampling batch (default: 32 on a GPU, else 8)"
+    )
+    parser.add_argument("--device", default=d.device, help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=PRECISION_HELP)
+    parser.add_argument("--prior-set", default=d.prior_set, help="histogram baseline's T1 prior")
     parser.add_argument("--no-fid", action="store_true", help="skip FID (Inception on the CPU)")
-    parser.add_argument("--figure-rows", type=int, default=4)
+    parser.add_argument(
+        "--figure-rows", type=int, default=d.figure_rows, help="slices shown per figure"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -33,10 +33,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``, except where the help already says it: an option
+    left unset (None) takes what its help names, such as the model card's value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.nargs == 0 or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="midiffusion",
         description="Zero-shot cross-modality medical image translation (MIDiffusion).",
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_module, help_text) in COMMANDS.items():
@@ -45,16 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    """The parser of one command, with the arguments its module declares, and the module."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(
+        prog=f"midiffusion {name}", description=COMMANDS[name][1], formatter_class=HelpFormatter
+    )
+    module.configure(parser)
+    return parser, module
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Parse the command name first, then let its module declare its own arguments.
     if argv and argv[0] in COMMANDS:
-        module = importlib.import_module(COMMANDS[argv[0]][0])
-        cmd_parser = argparse.ArgumentParser(
-            prog=f"midiffusion {argv[0]}", description=COMMANDS[argv[0]][1]
-        )
-        module.configure(cmd_parser)
+        cmd_parser, module = command_parser(argv[0])
         args = cmd_parser.parse_args(argv[1:])
         return int(module.run(args) or 0)
     parser.parse_args(argv)  # prints help / usage errors and exits

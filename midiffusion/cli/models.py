@@ -23,21 +23,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="model store root (default: $MIDIFF_MODEL_DIR or the shipped model_store/models)",
     )
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="every model and version")
-    show = sub.add_parser("show", help="a model's card and metrics")
-    show.add_argument("name")
-    show.add_argument("--version", type=int)
-    verify = sub.add_parser("verify", help="check weights against the card's sha256")
-    verify.add_argument("name", nargs="?", help="default: every model")
-    verify.add_argument("--version", type=int)
-    samples = sub.add_parser("samples", help="a grid PNG of unconditional samples (the prior)")
-    samples.add_argument("name")
-    samples.add_argument("--version", type=int)
-    samples.add_argument("-o", "--out", type=Path, required=True, help="PNG path")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=parser.formatter_class
+        )
+
+    action("list", "every model and version")
+    show = action("show", "a model's card and metrics")
+    show.add_argument("name", help="model name")
+    show.add_argument(
+        "--version", type=int, help="model version (default: the aliased one, else the latest)"
+    )
+    verify = action("verify", "check weights against the card's sha256")
+    verify.add_argument("name", nargs="?", help="model name (default: every model)")
+    verify.add_argument(
+        "--version", type=int, help="model version (default: the aliased one, else the latest)"
+    )
+    samples = action("samples", "a grid PNG of unconditional samples (the prior)")
+    samples.add_argument("name", help="model name")
+    samples.add_argument(
+        "--version", type=int, help="model version (default: the aliased one, else the latest)"
+    )
+    samples.add_argument("-o", "--out", type=Path, required=True, help="output PNG")
     samples.add_argument("-n", type=int, default=16, help="number of samples")
-    samples.add_argument("--steps", type=int, default=50)
-    samples.add_argument("--seed", type=int, default=0)
+    samples.add_argument("--steps", type=int, default=50, help="sampling steps")
+    samples.add_argument("--seed", type=int, default=0, help="random seed of the noise")
     samples.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the card's sampler")
     samples.add_argument(
         "--beside",
@@ -45,14 +57,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a training set (e.g. t1-train): put as many of its slices, drawn at random, beside "
         "the samples, and print each sample's SSIM to its nearest slice of the set",
     )
-    samples.add_argument("--data-dir", type=Path, help="default: $MIDIFF_DATA_DIR or the cache")
-    pub = sub.add_parser("publish", help="store a training run's EMA weights as a new version")
+    samples.add_argument(
+        "--data-dir", type=Path, help="data cache (default: $MIDIFF_DATA_DIR or the cache)"
+    )
+    pub = action("publish", "store a training run's EMA weights as a new version")
     pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
-    pub.add_argument("--name", required=True)
-    pub.add_argument("--target-modality", required=True)
-    pub.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLING.sampler)
-    pub.add_argument("--steps", type=int, default=DEFAULT_SAMPLING.steps)
-    pub.add_argument("--guidance", type=float, default=DEFAULT_SAMPLING.guidance)
+    pub.add_argument("--name", required=True, help="model name; the new version is its latest + 1")
+    pub.add_argument(
+        "--target-modality", required=True, help="what the model translates to, e.g. T1w"
+    )
+    pub.add_argument(
+        "--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLING.sampler, help="card's sampler"
+    )
+    pub.add_argument(
+        "--steps", type=int, default=DEFAULT_SAMPLING.steps, help="card's sampling steps"
+    )
+    pub.add_argument(
+        "--guidance", type=float, default=DEFAULT_SAMPLING.guidance, help="card's LMI guidance"
+    )
     pub.add_argument(
         "--samples",
         type=int,
@@ -70,14 +92,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="do not anchor whole volumes to the training data's mean intensity "
         "(the anchor is recorded by default; it needs the run's training data)",
     )
-    pub.add_argument("--notes", default="")
-    pub.add_argument("--licence", action="append", default=[], help="data licence note")
-    pub.add_argument("--metrics", type=Path, help="metrics.json to store beside the weights")
-    imp = sub.add_parser(
-        "import", help="install a model directory or .zip/.tar(.gz) archive (sha256-checked)"
+    pub.add_argument("--notes", default="", help="free text for the card")
+    pub.add_argument(
+        "--licence", action="append", default=[], help="data licence note (repeatable)"
     )
+    pub.add_argument("--metrics", type=Path, help="metrics.json to store beside the weights")
+    imp = action("import", "install a model directory or .zip/.tar(.gz) archive (sha256-checked)")
     imp.add_argument("path", type=Path, help="a folder or archive with model.json and weights")
-    default = sub.add_parser("default", help="show or set the serving default (an alias)")
+    default = action("default", "show or set the serving default (an alias)")
     default.add_argument("ref", nargs="?", metavar="NAME:VERSION", help="the new default")
 
 

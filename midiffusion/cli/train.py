@@ -32,10 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="t1w",
         help=f"a preset ({', '.join(PRESETS)}) or a JSON file of TrainConfig",
     )
-    parser.add_argument("--out", required=True, type=Path, help="run folder (resumed if present)")
+    parser.add_argument(
+        "-o", "--out", required=True, type=Path, help="run folder (resumed if present)"
+    )
     parser.add_argument("--iterations", type=int, help="stop at this step (default: the config's)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,

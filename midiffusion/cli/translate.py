@@ -44,17 +44,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-m", "--model", help="model name (default: the store's default model for the mode)"
     )
-    parser.add_argument("--version", type=int, help="model version (default: the latest)")
+    parser.add_argument(
+        "--version", type=int, help="model version (default: the aliased one, else the latest)"
+    )
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="output .nii, .nii.gz or .png"
     )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
-    parser.add_argument("--sampler", choices=SAMPLER_NAMES)
+    parser.add_argument(
+        "--sampler", choices=SAMPLER_NAMES, help="sampler (default: the model card's)"
+    )
     parser.add_argument("--guidance", type=float, help="LMI guidance weight (default: card's)")
     parser.add_argument(
         "--samples", type=int, help="average this many translations (default: the card's)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the noise")
     parser.add_argument(
         "--anchor",
         choices=tuple(ANCHOR_CHOICES),
@@ -69,14 +73,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help=PRECISION_HELP,
     )
-    parser.add_argument("--batch-size", type=int, help="slices per sampling batch")
+    parser.add_argument(
+        "--batch-size", type=int, help="slices per sampling batch (default: 32 on a GPU, else 8)"
+    )
     parser.add_argument(
         "--mode",
         choices=("clean", "faithful"),
         default="clean",
         help="clean LMI (default) or the published faithful LMI + DDPM (faithful-trained model)",
     )
-    parser.add_argument("--store", type=Path, help="model store root")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="model store root (default: $MIDIFF_MODEL_DIR or the shipped model_store/models)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

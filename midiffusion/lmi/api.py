@@ -12,7 +12,7 @@ Two modes:
   samples themselves), numerically safe for any input values, differentiable in both inputs.
   Normalised MI lies in [0, 1]; ``normalized=False`` gives MI / log(P) (P = p^2 samples), i.e.
   MI as a fraction of its ceiling of log(P) nats, also in [0, 1]. Default bandwidth "auto": per
-  image, max(0.1 x robust spread, 2 x pixel-noise std), chosen by measurement (lmi_clean).
+  image, max(0.1 x robust spread, 2 x pixel-noise std), chosen by measurement (``lmi.clean``).
 - ``"faithful"`` (:mod:`midiffusion.lmi.faithful`): the published operator, bit for bit in its
   rules (trunc(255 v) quantisation, p^3 bins, kernel std 8 grey levels, epsilon 1e-10, wrap-rule
   candidate windows, first-wins ties), at any image size. Raw MI is in bits, as published.

@@ -96,8 +96,8 @@ class Trainer:
         idx = torch.randint(len(self.data), (n,), generator=self.gen)
         flip = torch.rand(n, generator=self.gen) < 0.5
         y = self.data[idx].clone()
-        # mirror about the midline: axis -2 runs right-left (sets.py); axis -1 is anterior, and a
-        # front-back flip would teach the prior brains that do not exist
+        # mirror about the midline: axis -2 runs right-left (data/sets.py); axis -1 is anterior,
+        # and a front-back flip would teach the prior brains that do not exist
         y[flip] = y[flip].flip(-2)
         if self.self_maps is not None:  # no augmentation: the banked self-LMI (flips commute)
             src, s = y, self.self_maps[idx].clone()

@@ -90,7 +90,7 @@ OBLIQUE = _rotation(0, 17) @ _rotation(2, -11) @ np.diag([0.9, 0.9, 3.5, 1.0])
 
 @pytest.mark.parametrize(
     ("affine", "shape"),
-    [(SAGITTAL, (150, 160, 24)), (CORONAL, (150, 30, 160)), (OBLIQUE, (150, 160, 30))],
+    [(SAGITTAL, (150, 160, 24)), (CORONAL, (150, 160, 30)), (OBLIQUE, (150, 160, 30))],
     ids=["sagittal", "coronal", "oblique"],
 )
 def test_any_acquisition_plane(translator, affine, shape):

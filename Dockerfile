@@ -21,6 +21,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY midiffusion ./midiffusion
 COPY model_store ./model_store
+COPY jobs ./jobs
 COPY service ./service
 COPY worker ./worker
 RUN pip install --no-deps .
@@ -33,5 +34,5 @@ ENV MIDIFF_STORAGE_DIR=/data
 VOLUME ["/data"]
 EXPOSE 8000 9100
 
-# The gateway; workers run `celery -A worker worker -P solo` with the same image.
+# The gateway; workers run `celery -A worker.app worker -P solo` with the same image.
 CMD ["midiffusion", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -84,9 +84,9 @@ def ensure_model_store(requested: str | None, workdir: Path) -> Path:
         return store.root
     from safetensors.torch import save_file
 
-    from midiffusion.conditioning import ConditioningSpec
-    from midiffusion.schedules import DDPMSchedule
-    from midiffusion.unet import UNet, UNetConfig
+    from midiffusion.diffusion.conditioning import ConditioningSpec
+    from midiffusion.diffusion.schedules import DDPMSchedule
+    from midiffusion.model.unet import UNet, UNetConfig
 
     cfg = UNetConfig(
         base_channels=8,

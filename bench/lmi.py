@@ -107,7 +107,7 @@ def estimator_table() -> None:
     """
     import numpy as np
 
-    import midiffusion.lmi_clean as clean
+    import midiffusion.lmi.clean as clean
     from midiffusion.lmi import local_mutual_information
 
     with np.load(REFERENCE) as data:

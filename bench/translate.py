@@ -6,7 +6,8 @@ What is timed (benchmark.md, speed protocol):
 - default mode: the model card's sampler, steps, guidance and samples, end to end through
   ``Translator.translate_slices`` (self-LMI, then per step a cross-LMI and a U-Net call), for one
   slice and for a batch of ``--batch`` slices (reported per slice), in float32 and, where the CPU
-  computes bfloat16 natively (AVX512-BF16 or AMX), in bfloat16 autocast (``precision.py``);
+  computes bfloat16 natively (AVX512-BF16 or AMX), in bfloat16 autocast
+  (``midiffusion.pipeline.precision``);
 - faithful mode: the published LMI operator (``mode="faithful"``, raw VP state, [0,1] data) with
   the DDPM sampler, timed over ``--faithful-steps`` steps and scaled to the published 1000. No
   faithful-trained model is needed for timing: the same network is fed faithful LMI maps (the
@@ -29,37 +30,44 @@ import time
 import numpy as np
 import torch
 
-from midiffusion.precision import native_bf16
-from midiffusion.train import TrainConfig
-from midiffusion.translate import Translator
-from midiffusion.unet import UNet, UNetConfig
+from midiffusion.model.unet import UNet, UNetConfig
+from midiffusion.pipeline.precision import native_bf16
+from midiffusion.pipeline.translate import Translator
+from midiffusion.training.config import TrainConfig
 
 
 def load_translator(device: str) -> tuple[Translator, str]:
-    from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
+    from model_store import ModelCard, ModelIntegrityError, ModelNotFoundError, ModelStore
 
     try:
         v = ModelStore().verified("t1w")
-        card = v.card.model_dump()
-        return Translator.load(card, v.weights_path, device), f"shipped t1w v{v.card.version}"
+        return Translator.load(v.card, v.weights_path, device), f"shipped t1w v{v.card.version}"
     except (ModelNotFoundError, ModelIntegrityError):
         config = TrainConfig.load("t1w")
-        card = {
-            "grid_size": config.grid_size,
-            "network": config.network,
-            "schedule": config.schedule,
-            "conditioning": config.conditioning,
-            "sampling": {},  # the store's DEFAULT_SAMPLING, as `models publish` writes it
-        }
         torch.manual_seed(0)
         net = UNet(UNetConfig.from_dict(config.network))
+        card = ModelCard(
+            name="untrained",
+            version=1,
+            target_modality="T1w",
+            grid_size=config.grid_size,
+            sha256="0" * 64,
+            parameters=sum(p.numel() for p in net.parameters()),
+            network=config.network,
+            schedule=config.schedule,
+            conditioning=config.conditioning,
+            sampling={},  # the card's defaults, as `models publish` writes them
+            training={},
+        )
         return Translator(net, card, device), "untrained network of the t1w config"
 
 
 def faithful_translator(base: Translator) -> Translator:
-    card = dict(base.card)
+    from model_store import ConditioningSection
+
     # the conditioning a faithful-trained model records (the t1w-faithful training preset)
-    card["conditioning"] = TrainConfig.load("t1w-faithful").conditioning
+    faithful = ConditioningSection.model_validate(TrainConfig.load("t1w-faithful").conditioning)
+    card = base.card.model_copy(update={"conditioning": faithful})
     return Translator(base.net, card, base.device, base.precision)
 
 
@@ -99,10 +107,10 @@ def main() -> None:
     args = parser.parse_args()
 
     cpu, name = load_translator("cpu")
-    steps = args.steps or int(cpu.sampling["steps"])
-    sampler = cpu.sampling["sampler"]
-    guidance = float(cpu.sampling["guidance"])
-    samples = int(cpu.sampling["samples"])
+    steps = args.steps or cpu.sampling.steps
+    sampler = cpu.sampling.sampler
+    guidance = cpu.sampling.guidance
+    samples = cpu.sampling.samples
     src, what = source_slices(args.batch, cpu.grid)
     print(f"model: {name}; {sum(p.numel() for p in cpu.net.parameters()):,} parameters")
     print(f"input: {what}, {cpu.grid}x{cpu.grid}")

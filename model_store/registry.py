@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
+
+from model_store.card import ModelCard
+from model_store.files import sha256_file, write_text_atomic
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "models"
 WEIGHTS_FILE = "weights.safetensors"
@@ -40,60 +43,11 @@ class ModelIntegrityError(RuntimeError):
     """A model directory is incomplete, or its weights do not match the card's sha256."""
 
 
-# How a model samples when its card and the caller leave a setting out (``models publish``
-# writes these unless told otherwise). ``anchor_mean`` / ``anchor_mean_head``: the training
-# brains' / whole heads' mean foreground intensity, which whole translated volumes of that kind
-# are shifted to (midiffusion/intensity.py); None: off for that kind.
-# ``antithetic``: averaged draws pair up on opposite noises (midiffusion/samplers.noise_source).
-DEFAULT_SAMPLING: dict[str, Any] = {
-    "sampler": "ddim",
-    "steps": 20,
-    "guidance": 1.0,
-    "samples": 1,
-    "antithetic": False,
-    "anchor_mean": None,
-    "anchor_mean_head": None,
-}
-# the samplers of ``midiffusion/samplers.py`` by name (a test keeps the two equal), for the
-# command lines that must not import torch to offer them
-SAMPLER_NAMES = ("ddim", "dpmpp-2m", "ddpm", "euler-a")
-
-
-class ModelCard(BaseModel):
-    """What a model is, how it was made, and how to run it (``model.json``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    version: int = Field(ge=1)
-    target_modality: str
-    grid_size: int = Field(gt=0)
-    data_range: tuple[float, float] = (-1.0, 1.0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    parameters: int = Field(ge=0)
-    network: dict[str, Any]
-    schedule: dict[str, Any]
-    conditioning: dict[str, Any]  # LMI settings and how the noisy state is presented to LMI
-    sampling: dict[str, Any]  # defaults: DEFAULT_SAMPLING
-    training: dict[str, Any]  # data manifest, steps, compute used, final loss
-    data_licences: list[str] = Field(default_factory=list)
-    created: str = ""
-    notes: str = ""
-
-
 @dataclass(frozen=True)
 class VerifiedModel:
     card: ModelCard
     weights_path: Path
     directory: Path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ModelStore:
@@ -141,7 +95,7 @@ class ModelStore:
         """Point the ``default`` alias at ``name`` v``version`` (which must verify)."""
         self.verified(name, version)
         aliases = {**self.aliases(), "default": f"{name}:{version}"}
-        _write_atomic(self.root / ALIASES_FILE, json.dumps(aliases, indent=2) + "\n")
+        write_text_atomic(self.root / ALIASES_FILE, json.dumps(aliases, indent=2) + "\n")
 
     def directory(self, name: str, version: int | None = None) -> Path:
         versions = self.versions(name)
@@ -304,10 +258,3 @@ def _read_model_files(source: Path) -> dict[str, bytes]:
                     out[Path(member.name).name] = handle.read()
             return out
     raise ValueError(f"{source}: not a model directory, .zip or .tar(.gz) archive")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,5 +1,5 @@
-"""The REST gateway: FastAPI routes, job records, storage, auth. Never imports torch.
+"""The REST gateway: FastAPI app, routers, auth, uploads, problems, upload checks and metrics.
 
-Kept empty on purpose: workers import ``service.jobs`` and ``service.storage`` (the job record and
-file layer they share with the gateway) without pulling in FastAPI.
+It imports ``jobs`` (records, storage, queue, shared settings) and the torch-free
+``model_store``; never the workers, never the science, never torch.
 """

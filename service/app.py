@@ -14,16 +14,17 @@ from celery import Celery
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from jobs import JobStore, open_job_store
+from jobs.queue import create_celery_app
+from jobs.storage import LocalStorage
 from service.auth import ApiKeyAuth
 from service.cleanup import cleanup_expired
 from service.context import GatewayContext, ModelCatalog
-from service.jobs import JobStore, open_job_store
 from service.metrics import RequestMetricsMiddleware
 from service.problems import install_problem_handlers
 from service.queueing import requeue_unsent
 from service.routers import health, jobs, metrics, models, translate
 from service.settings import GatewaySettings
-from service.storage import LocalStorage
 
 log = logging.getLogger("midiffusion.service")
 
@@ -56,8 +57,6 @@ def create_app(
     settings = settings or GatewaySettings()
     auth = ApiKeyAuth(settings.api_key_list(), disabled=settings.auth_disabled)
     if celery_app is None:
-        from worker.app import create_celery_app
-
         celery_app = create_celery_app(settings)
     ctx = GatewayContext(
         settings=settings,

@@ -12,9 +12,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from service.jobs import JobStore, open_job_store
-from service.settings import CommonSettings
-from service.storage import LocalStorage
+from jobs import JobStore, open_job_store
+from jobs.settings import CommonSettings
+from jobs.storage import LocalStorage
 
 log = logging.getLogger("midiffusion.service")
 PARTIAL_MAX_AGE_S = 24 * 3600  # an upload or a result still being written after a day is dead

@@ -12,11 +12,11 @@ from typing import Annotated, Any
 from celery import Celery
 from fastapi import Depends, Request
 
+from jobs import JobStore
+from jobs.storage import LocalStorage
 from service.auth import ApiKeyAuth
-from service.jobs import JobStore
 from service.problems import Problem
 from service.settings import GatewaySettings
-from service.storage import LocalStorage
 
 
 class ModelCatalog:

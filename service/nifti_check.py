@@ -17,11 +17,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from model_store.card import MIN_INPLANE
+
 ACCEPTED = (
     "a single-file NIfTI-1 or NIfTI-2 image (.nii or .nii.gz) holding one 2D slice or one 3D "
     "volume of integer or floating-point voxels"
 )
-MIN_INPLANE = 16
 MAX_DIM = 2048
 MAX_VOXELS = 512 * 512 * 512
 GZIP_MAGIC = b"\x1f\x8b"

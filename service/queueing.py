@@ -12,15 +12,16 @@ import logging
 
 from celery import Celery
 
-from service.jobs import JobStore
-from worker.app import QUEUE, TASK_NAME
+from jobs import JobStore
+from jobs.queue import QUEUE, TASK_NAME, TaskMessage
 
 log = logging.getLogger("midiffusion.service")
 
 
 def enqueue(celery: Celery, jobs: JobStore, job_id: str) -> None:
     """Send the job's task; raises when the broker cannot be reached (nothing was sent)."""
-    celery.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=QUEUE)
+    args = TaskMessage(job_id=job_id).args()
+    celery.send_task(TASK_NAME, args=args, task_id=job_id, queue=QUEUE)
     try:
         jobs.mark_sent(job_id)
     except Exception:  # the task is on its way; the worker that takes it marks it as well

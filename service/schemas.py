@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.jobs import JobRecord, JobState
+from jobs import JobRecord, JobState
 
 
 class OutputFormat(StrEnum):

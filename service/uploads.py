@@ -18,8 +18,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from jobs.storage import LocalStorage
 from service.problems import Problem
-from service.storage import LocalStorage
 
 FILE_FIELD = "file"
 TEXT_FIELDS = ("model", "steps", "seed", "output_format")

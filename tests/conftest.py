@@ -111,7 +111,10 @@ def tiny_model_store(tmp_path_factory: pytest.TempPathFactory, tiny_training_set
 
     The network is real and runs fast on the CPU: translation of a small volume takes a second.
     """
-    from midiffusion.train import TrainConfig, Trainer, export_model, load_training_slices
+    from midiffusion.training.config import TrainConfig
+    from midiffusion.training.data import load_training_slices
+    from midiffusion.training.export import export_model
+    from midiffusion.training.trainer import Trainer
     from model_store import ModelStore
 
     config = TrainConfig.load("tiny")

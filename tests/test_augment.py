@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from midiffusion import augment
 from midiffusion.lmi import local_mutual_information
-from midiffusion.train import CHECKPOINT, TrainConfig, Trainer
+from midiffusion.training import augment
+from midiffusion.training.checkpoint import CHECKPOINT
+from midiffusion.training.config import TrainConfig
+from midiffusion.training.trainer import Trainer
 
 
 def _slices(n: int = 6, size: int = 64) -> torch.Tensor:

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from midiffusion.cli import main
+from midiffusion.cli.main import main
 from midiffusion.data.build import build_set, write_set
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.sets import load_volumes, set_dir, training_slices

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from midiffusion.devices import resolve_device
-from midiffusion.imaging import save_png
-from midiffusion.translate_cli import configure as translate_configure
-from midiffusion.translate_cli import run as translate_run
+from midiffusion.cli.translate import configure as translate_configure
+from midiffusion.cli.translate import run as translate_run
+from midiffusion.io.imaging import save_png
+from midiffusion.pipeline.devices import resolve_device
 
 
 def test_auto_and_cpu():

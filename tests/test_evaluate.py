@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from midiffusion.cli import main
+from midiffusion.cli.main import main
 from midiffusion.data.build import build_set, write_set
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.sources import fetch_source, source_by_name
 from midiffusion.data.volumes import BuiltSet, Volume
-from midiffusion.evaluate import NO_FAITHFUL, ROWS, EvalSettings, evaluate
+from midiffusion.evaluation.methods import NO_FAITHFUL, ROWS
+from midiffusion.evaluation.results import EvaluationResults
+from midiffusion.evaluation.runner import EvalSettings, evaluate
 
 GRID = 32
 
@@ -66,7 +68,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model_store, data_root, tmp_path_factory) -> tuple[dict, Path]:
+def run(tiny_model_store, data_root, tmp_path_factory) -> tuple[EvaluationResults, Path]:
     out = tmp_path_factory.mktemp("evalout")
     settings = EvalSettings(model="tiny", slices=2, steps=3, sdedit_t0=400, fid=False)
     results = evaluate(
@@ -111,29 +113,27 @@ def test_every_method_and_direction_is_reported(run) -> None:
 
 
 def test_baselines_behave_as_defined(run, data_root) -> None:
-    results, _ = run
-    flair = results["directions"]["FLAIR->T1"]["methods"]
+    results, out = run
+    assert json.loads((out / "results.json").read_text()) == json.loads(results.to_json())
+    flair = results.directions["FLAIR->T1"].methods
     # histogram-best is, per slice, one of the two candidates
-    chose = np.array(flair["histogram-best"]["chose_inverted"])
+    chose = np.array(flair["histogram-best"].chose_inverted)
+    assert flair["histogram-best"].inverted_slices == chose.sum()
     for k, inv in enumerate(chose):
-        src = flair["histogram-inverted" if inv else "histogram"]["per_slice"][k]
-        assert flair["histogram-best"]["per_slice"][k] == src
+        src = flair["histogram-inverted" if inv else "histogram"].per_slice[k]
+        assert flair["histogram-best"].per_slice[k] == src
     # a rank map keeps the source's structure: NMI to the source stays high
-    assert flair["histogram"]["summary"]["nmi_src"]["mean"] > 0.5
+    assert flair["histogram"].summary["nmi_src"]["mean"] > 0.5
     # the default method is the anchored one: same samples, volume mean moved to the card's
     anchored = flair["midiffusion"]
-    assert anchored["anchor"]["mean"] == results["model"]["sampling"]["anchor_mean"]
-    assert anchored["anchor"]["mean_before"] != pytest.approx(anchored["anchor"]["mean"])
-    assert anchored["per_slice"] != flair["midiffusion-unanchored"]["per_slice"]
+    assert anchored.anchor["mean"] == results.model.sampling["anchor_mean"]
+    assert anchored.anchor["mean_before"] != pytest.approx(anchored.anchor["mean"])
+    assert anchored.per_slice != flair["midiffusion-unanchored"].per_slice
     # ground-truth consistency is a property of the slices, shared by all methods
-    gts = {r["consistency"]["ground_truth_adjacent_mad"] for r in flair.values() if "summary" in r}
+    gts = {r.consistency.ground_truth_adjacent_mad for r in flair.values() if r.ok}
     assert len(gts) == 1
-    assert (
-        results["directions"]["CT->T1"]["methods"]["midiffusion"]["consistency"][
-            "ratio_to_ground_truth"
-        ]
-        is None
-    )
+    ct = results.directions["CT->T1"].methods["midiffusion"]
+    assert ct.consistency.ratio_to_ground_truth is None
 
 
 def test_markdown_table_and_figures(run) -> None:
@@ -146,7 +146,7 @@ def test_markdown_table_and_figures(run) -> None:
     assert any("faithful" in r and "not run" in r for r in metric_rows)
     assert "FID" in table and "noisy" in table
     assert all((p.stat().st_mode & 0o777) == 0o644 for p in out.iterdir())
-    for direction, name in results["figures"].items():
+    for direction, name in results.figures.items():
         with Image.open(out / name) as im:
             im.verify()
         with Image.open(out / name) as im:
@@ -173,13 +173,13 @@ def test_same_seed_same_results_and_fid_when_enabled(run, tiny_model_store, data
         progress=False,
         log=lambda _m: None,
     )
-    rows_a = first["directions"]["FLAIR->T1"]["methods"]
-    rows_b = again["directions"]["FLAIR->T1"]["methods"]
+    rows_a = first.directions["FLAIR->T1"].methods
+    rows_b = again.directions["FLAIR->T1"].methods
     for method in ("midiffusion", "sdedit", "histogram", "histogram-inverted"):
-        assert rows_b[method]["per_slice"] == rows_a[method]["per_slice"]
-    fids = {m: rows_b[m]["fid"] for m in rows_b}
+        assert rows_b[method].per_slice == rows_a[method].per_slice
+    fids = {m: rows_b[m].fid for m in rows_b}
     assert all(f is not None and f >= 0 for f in fids.values())
-    chose = np.array(rows_b["histogram-best"]["chose_inverted"])
+    chose = np.array(rows_b["histogram-best"].chose_inverted)
     if chose.all() or not chose.any():  # best == one candidate entirely: same FID
         other = "histogram-inverted" if chose.all() else "histogram"
         assert fids["histogram-best"] == pytest.approx(fids[other])

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from midiffusion import baselines
-from midiffusion.evaluate import select_slices, slice_consistency
-from midiffusion.schedules import DDPMSchedule
-from midiffusion.translate import Translator
+from midiffusion.diffusion.schedules import DDPMSchedule
+from midiffusion.evaluation import baselines
+from midiffusion.evaluation.directions import select_slices
+from midiffusion.evaluation.metrics import slice_consistency
+from midiffusion.pipeline.translate import Translator
 
 
 def _slice(size: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +70,7 @@ def test_sdedit_sigmas_start_at_t0_and_follow_the_schedule_tail() -> None:
 
 def test_sdedit_is_seeded_and_keeps_the_source_at_small_t0(tiny_model_store) -> None:
     v = tiny_model_store.verified("tiny")
-    tr = Translator.load(v.card.model_dump(), v.weights_path)
+    tr = Translator.load(v.card, v.weights_path)
     yy, xx = np.mgrid[:32, :32] / 32 - 0.5
     src = np.stack([np.clip(0.8 - 2 * (yy**2 + xx**2), 0, 1)] * 2).astype(np.float32)
     a = baselines.sdedit(tr, src, t0=300, steps=6, seed=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from midiffusion.fid import (
+from midiffusion.evaluation.fid import (
     FEATURES,
     frechet_distance,
     inception_features,

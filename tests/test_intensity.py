@@ -8,9 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from midiffusion.intensity import MIN_ANCHOR_SLICES, anchor_mean, foreground_mean
-from midiffusion.train import TrainConfig, Trainer, export_model, load_training_slices
-from midiffusion.translate import Translator
+from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES, anchor_mean, foreground_mean
+from midiffusion.pipeline.translate import Translator
+from midiffusion.training.config import TrainConfig
+from midiffusion.training.data import load_training_slices
+from midiffusion.training.export import export_model
+from midiffusion.training.trainer import Trainer
 
 
 def _volume(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +49,7 @@ def test_anchor_and_foreground_mean_refuse_what_they_cannot_use():
 def test_publishing_records_the_training_data_mean(tiny_model_store, tiny_training_set):
     card = tiny_model_store.card("tiny")
     data = load_training_slices(tiny_training_set, card.grid_size)[0]
-    assert card.sampling["anchor_mean"] == pytest.approx(foreground_mean(data), abs=1e-4)
+    assert card.sampling.anchor_mean == pytest.approx(foreground_mean(data), abs=1e-4)
 
 
 def test_publishing_the_anchor_needs_the_training_data(tiny_training_set, tmp_path):
@@ -94,8 +97,8 @@ def _head(slices: int) -> nib.Nifti1Image:
 
 def test_whole_volumes_are_anchored_slabs_only_when_asked(tiny_model_store):
     v = tiny_model_store.verified("tiny")
-    translator = Translator.load(v.card.model_dump(), v.weights_path)
-    target = v.card.sampling["anchor_mean"]
+    translator = Translator.load(v.card, v.weights_path)
+    target = v.card.sampling.anchor_mean
     run = dict(steps=2, seed=3)
 
     volume = _head(MIN_ANCHOR_SLICES)
@@ -116,7 +119,8 @@ def test_whole_volumes_are_anchored_slabs_only_when_asked(tiny_model_store):
 
 
 def test_a_whole_head_is_told_from_a_stripped_brain_by_its_size() -> None:
-    from midiffusion.intensity import HEAD_AREA_CM2, anchor_for, is_whole_head
+    from midiffusion.pipeline.intensity import HEAD_AREA_CM2, anchor_for, is_whole_head
+    from model_store.card import SamplingSection
 
     yy, xx = np.mgrid[:128, :128] - 63.5
     pixel_mm2 = 1.5**2  # a 192 mm field of view on the 128 grid
@@ -127,6 +131,7 @@ def test_a_whole_head_is_told_from_a_stripped_brain_by_its_size() -> None:
     brain, head = ellipse(70, 85), ellipse(80, 100)  # 187 and 251 cm^2
     assert not is_whole_head(brain, pixel_mm2) and is_whole_head(head, pixel_mm2)
     assert np.pi * 80 * 100 / 100 > HEAD_AREA_CM2 > np.pi * 70 * 85 / 100
-    card = {"anchor_mean": 0.7, "anchor_mean_head": 0.4}
+    card = SamplingSection(anchor_mean=0.7, anchor_mean_head=0.4)
     assert anchor_for(card, brain, pixel_mm2) == 0.7 and anchor_for(card, head, pixel_mm2) == 0.4
-    assert anchor_for({"anchor_mean": 0.7}, head, pixel_mm2) is None  # no head anchor: none
+    only_brains = SamplingSection(anchor_mean=0.7)
+    assert anchor_for(only_brains, head, pixel_mm2) is None  # no head anchor: none

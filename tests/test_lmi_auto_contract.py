@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from midiffusion.lmi_clean import auto_bandwidth
+from midiffusion.lmi.clean import auto_bandwidth
 
 
 def test_auto_bandwidth_values_are_pinned():

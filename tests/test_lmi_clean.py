@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from midiffusion.lmi import local_mutual_information
-from midiffusion.lmi_clean import auto_bandwidth
+from midiffusion.lmi.clean import auto_bandwidth
 
 
 def naive_lmi(source, target, p, radius, h_src, h_tgt, normalized):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from midiffusion.lmi import local_mutual_information
-from midiffusion.lmi_faithful import wrap_pairing
+from midiffusion.lmi.faithful import wrap_pairing
 
 CASES = [
     f"{z}_{pair}_{est}"
@@ -68,7 +68,7 @@ def test_wrap_rule_matches_the_documented_example():
 
 def test_faithful_float32_matches_float64_arithmetic(reference, monkeypatch):
     # The float32 pipeline must not lose precision on epsilon-dominated noisy windows.
-    import midiffusion.lmi_faithful as lf
+    import midiffusion.lmi.faithful as lf
 
     src = torch.from_numpy(reference["z70_noisy_nmi_source"])[None, None, 40:80, :40]
     tgt = torch.from_numpy(reference["z70_noisy_nmi_target"])[None, None, 40:80, :40]
@@ -81,7 +81,7 @@ def test_faithful_float32_matches_float64_arithmetic(reference, monkeypatch):
 @pytest.mark.parametrize("case", ["z95_cross_nmi", "z70_noisy_mi"])
 def test_faithful_bin_bands_change_nothing(case, reference, monkeypatch):
     # Leaving out bins where every kernel value is below 1e-10 must not move the result.
-    import midiffusion.lmi_faithful as lf
+    import midiffusion.lmi.faithful as lf
 
     src = torch.from_numpy(reference[f"{case}_source"])[None, None, 30:90, 20:80]
     tgt = torch.from_numpy(reference[f"{case}_target"])[None, None, 30:90, 20:80]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from midiffusion.metrics import mse, nmi, psnr, slice_metrics, ssim, ssim_to_each, summarise
+from midiffusion.evaluation.metrics import (
+    mse,
+    nmi,
+    psnr,
+    slice_metrics,
+    ssim,
+    ssim_to_each,
+    summarise,
+)
 
 
 @pytest.fixture

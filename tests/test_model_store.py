@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
-from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
+from model_store import ModelCard, ModelIntegrityError, ModelNotFoundError, ModelStore
+from model_store.registry import SHIPPED_ROOT
 
 
 def test_lists_and_verifies_the_published_model(tiny_model_store):
@@ -18,7 +20,7 @@ def test_lists_and_verifies_the_published_model(tiny_model_store):
     assert tiny_model_store.default_name() == "tiny"
     v = tiny_model_store.verified("tiny")
     assert v.weights_path.is_file() and v.card.parameters > 0
-    assert v.card.conditioning["lmi"]["bandwidth"] == "auto"
+    assert v.card.conditioning.lmi.bandwidth == "auto"
 
 
 def test_unknown_model_and_version_are_refused_with_what_exists(tiny_model_store):
@@ -75,8 +77,10 @@ def test_store_is_torch_free():
 
 
 def test_publish_command_records_the_sampling_it_is_given(tiny_training_set, tmp_path):
-    from midiffusion.cli import main
-    from midiffusion.train import TrainConfig, Trainer, load_training_slices
+    from midiffusion.cli.main import main
+    from midiffusion.training.config import TrainConfig
+    from midiffusion.training.data import load_training_slices
+    from midiffusion.training.trainer import Trainer
 
     data, manifest = load_training_slices(tiny_training_set, 32)
     Trainer(TrainConfig.load("tiny"), data, tmp_path / "run", manifest).fit(1, progress=False)
@@ -86,9 +90,11 @@ def test_publish_command_records_the_sampling_it_is_given(tiny_training_set, tmp
     assert main([*base, "--no-anchor"]) == 0
     store = ModelStore(tmp_path / "store")
     paired, plain = store.card("t", 1).sampling, store.card("t", 2).sampling
-    assert paired["antithetic"] is True and paired["samples"] == 4 and paired["anchor_mean"] > 0
-    assert plain["antithetic"] is False and "anchor_mean" not in plain
-    assert paired["sampler"] == plain["sampler"] == "euler-a"
+    assert paired.antithetic is True and paired.samples == 4 and paired.anchor_mean > 0
+    assert plain.antithetic is False and plain.anchor_mean is None
+    assert paired.sampler == plain.sampler == "euler-a"
+    stored = json.loads((store.root / "t" / "2" / "model.json").read_text())
+    assert stored["sampling"]["anchor_mean"] is None  # every setting recorded, none implied
 
 
 def test_the_default_is_an_explicit_alias_not_the_highest_version(tiny_model_store, tmp_path):
@@ -155,7 +161,7 @@ def test_import_refuses_tampered_weights_and_leaves_nothing(tiny_model_store, tm
 
 
 def test_models_import_and_default_on_the_command_line(tiny_model_store, tmp_path, capsys):
-    from midiffusion.cli import main
+    from midiffusion.cli.main import main
 
     base = ["models", "--store", str(tmp_path / "s")]
     assert main([*base, "import", str(tiny_model_store.directory("tiny", 1))]) == 0
@@ -165,3 +171,33 @@ def test_models_import_and_default_on_the_command_line(tiny_model_store, tmp_pat
     assert json.loads((tmp_path / "s" / "aliases.json").read_text()) == {"default": "tiny:1"}
     assert main([*base, "default", "tiny"]) == 1
     assert "NAME:VERSION" in capsys.readouterr().out
+
+
+def test_the_shipped_card_validates_unchanged():
+    raw = json.loads((SHIPPED_ROOT / "t1w" / "9" / "model.json").read_text())
+    card = ModelCard.model_validate(raw)
+    assert json.loads(card.model_dump_json(exclude_unset=True)) == raw
+    assert card.sampling.anchor_mean_head is None and card.sampling.samples == 4
+    assert card.conditioning.lmi.mode == card.lmi_mode() == "clean"
+
+
+@pytest.mark.parametrize(
+    ("section", "change", "message"),
+    [
+        ("sampling", {"sampler": "heun"}, "sampler"),
+        ("sampling", {"steps": 5000}, "exceeds the schedule"),
+        ("sampling", {"anchor_mean": 1.5}, "anchor_mean"),
+        ("sampling", {"clip": True}, "clip"),
+        ("network", {"base_channels": 0}, "base_channels"),
+        ("schedule", {"beta_start": 0.5, "beta_end": 0.1}, "beta_start < beta_end"),
+        ("conditioning", {"state": "noisy"}, "state"),
+    ],
+)
+def test_a_bad_card_is_refused_at_publish(tiny_model_store, tmp_path, section, change, message):
+    v = tiny_model_store.verified("tiny")
+    card = v.card.model_dump(exclude={"version", "sha256"})
+    card[section] = {**card[section], **change}
+    store = ModelStore(tmp_path / "s")
+    with pytest.raises(ValidationError, match=message):
+        store.publish(card, v.weights_path)
+    assert store.list() == []

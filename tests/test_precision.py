@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from midiffusion.precision import native_bf16, network_autocast, resolve_precision
-from midiffusion.train import TrainConfig, Trainer, load_training_slices
-from midiffusion.translate import Translator
+from midiffusion.pipeline.precision import native_bf16, network_autocast, resolve_precision
+from midiffusion.pipeline.translate import Translator
+from midiffusion.training.config import TrainConfig
+from midiffusion.training.data import load_training_slices
+from midiffusion.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 
@@ -33,8 +35,7 @@ def test_bf16_autocast_really_lowers_the_network_precision():
 @pytest.fixture(scope="module")
 def translators(tiny_model_store) -> dict[str, Translator]:
     v = tiny_model_store.verified("tiny")
-    card = v.card.model_dump()
-    return {p: Translator.load(card, v.weights_path, precision=p) for p in ("fp32", "bf16")}
+    return {p: Translator.load(v.card, v.weights_path, precision=p) for p in ("fp32", "bf16")}
 
 
 def test_bf16_translation_is_close_to_fp32_and_reproducible(translators):

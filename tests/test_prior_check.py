@@ -6,12 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from midiffusion.cli import main
+from midiffusion.cli.main import main
 from midiffusion.data.build import write_set
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.volumes import BuiltSet, Volume
-from midiffusion.imaging import load_png
-from midiffusion.prior_check import (
+from midiffusion.evaluation.prior_check import (
     SEPARATOR_PX,
     beside,
     nearest_ssim,
@@ -19,12 +18,13 @@ from midiffusion.prior_check import (
     tile,
     unconditional_samples,
 )
+from midiffusion.io.imaging import load_png
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_store):
     v = tiny_model_store.verified("tiny")
-    return v.card.model_dump(), v.weights_path
+    return v.card, v.weights_path
 
 
 def test_samples_tile_into_a_padded_grid(tiny):

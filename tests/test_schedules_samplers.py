@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from midiffusion.samplers import (
+from midiffusion.diffusion.samplers import (
     SAMPLERS,
     get_sampler,
     noise_source,
@@ -16,7 +16,7 @@ from midiffusion.samplers import (
     shared_noise,
     shared_noise_for_draws,
 )
-from midiffusion.schedules import DDPMSchedule, ve_to_vp, vp_to_ve
+from midiffusion.diffusion.schedules import DDPMSchedule, ve_to_vp, vp_to_ve
 from model_store import SAMPLER_NAMES
 
 

@@ -34,10 +34,10 @@ from test_service_support import (
     write_nifti,
 )
 
+from jobs.queue import QUEUE
 from service.app import create_app
 from service.auth import AuthConfigError
 from service.settings import GatewaySettings
-from worker.app import QUEUE
 
 PROBLEM = "application/problem+json"
 
@@ -402,7 +402,7 @@ def test_gateway_never_imports_torch() -> None:
     code = (
         "import sys\n"
         "from service.app import create_app\n"
-        "from service.serve import configure\n"
+        "from midiffusion.cli.serve import configure\n"
         "import service.cleanup, worker, worker.app, worker.tasks\n"
         "print('torch' in sys.modules)\n"
     )

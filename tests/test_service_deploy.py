@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 import service.metrics
 import worker.metrics
-from service.settings import WorkerSettings
+from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")

@@ -10,8 +10,7 @@ import pytest
 import redis
 from test_service_support import redis_db
 
-from service.cleanup import cleanup_expired
-from service.jobs import (
+from jobs import (
     WORKER_LOST,
     JobError,
     JobOutput,
@@ -22,7 +21,8 @@ from service.jobs import (
     SQLiteJobStore,
     StartOutcome,
 )
-from service.storage import LocalStorage
+from jobs.storage import LocalStorage
+from service.cleanup import cleanup_expired
 
 RETENTION = 3600
 
@@ -239,7 +239,7 @@ def test_cleanup_removes_expired_jobs_files_and_frees_the_key(
 def test_a_job_file_from_before_the_sent_column_is_upgraded(tmp_path: Path) -> None:
     import sqlite3
 
-    from service.jobs.sqlite_store import _SCHEMA
+    from jobs.sqlite_store import _SCHEMA
 
     old_schema = _SCHEMA.replace(",\n    sent INTEGER NOT NULL DEFAULT 1", "")
     assert "sent" not in old_schema

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.storage import InvalidKeyError, LocalStorage
+from jobs.storage import InvalidKeyError, LocalStorage
 
 JOB = "0123456789abcdef0123456789abcdef"
 

@@ -2,7 +2,7 @@
 
 Real pieces only: NIfTI files written with nibabel, the gateway built by ``create_app`` against
 the real Redis of the ``redis_url`` fixture, and Celery workers started as real processes with
-``celery -A worker worker -P solo``.
+``celery -A worker.app worker -P solo``.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def files_under(root: Path) -> list[str]:
 
 
 class WorkerProcess:
-    """A real ``celery -A worker worker -P solo`` process, logs collected for assertions."""
+    """A real ``celery -A worker.app worker -P solo`` process, logs collected for assertions."""
 
     def __init__(self, env: dict[str, str], name: str) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("MIDIFF_")}
@@ -101,7 +101,7 @@ class WorkerProcess:
                 "-m",
                 "celery",
                 "-A",
-                "worker",
+                "worker.app",
                 "worker",
                 "-P",
                 "solo",

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from midiffusion.conditioning import ConditioningSpec
-from midiffusion.denoiser import LMIGuidedDenoiser
-from midiffusion.schedules import DDPMSchedule
-from midiffusion.train import CHECKPOINT, TrainConfig, Trainer, load_training_slices
+from midiffusion.cli.main import main
+from midiffusion.diffusion.conditioning import ConditioningSpec
+from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
+from midiffusion.diffusion.schedules import DDPMSchedule
+from midiffusion.training.checkpoint import CHECKPOINT
+from midiffusion.training.config import TrainConfig
+from midiffusion.training.data import load_training_slices
+from midiffusion.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +161,7 @@ def test_training_and_sampling_build_identical_conditions(data, family, tmp_path
 
 
 def test_warm_start_from_a_stored_model(data, tmp_path, tiny_model_store, monkeypatch):
-    from midiffusion.train import init_from_store
+    from midiffusion.cli.train import init_from_store
 
     monkeypatch.setenv("MIDIFF_MODEL_DIR", str(tiny_model_store.root))
     card = tiny_model_store.card("tiny")
@@ -170,3 +176,21 @@ def test_warm_start_from_a_stored_model(data, tmp_path, tiny_model_store, monkey
     other.network = {**other.network, "base_channels": 16}
     with pytest.raises(ValueError, match="another network"):
         init_from_store(Trainer(other, data, tmp_path / "o"), "tiny")
+
+
+def test_training_refuses_an_evaluation_set(tiny_training_set, tmp_path, capsys):
+    evaluation = tmp_path / "mni-synth"
+    shutil.copytree(tiny_training_set, evaluation)
+    (evaluation / "manifest.json").write_text(
+        json.dumps({"set": "mni-synth", "kind": "evaluation"})
+    )
+    run = ["train", "--config", "tiny", "--iterations", "1", "--out", str(tmp_path / "run")]
+    assert main([*run, "--data", str(evaluation)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "evaluation set" in err
+    assert not (tmp_path / "run").exists()
+    # a training set's manifest, and a plain folder of volumes without one, are accepted
+    (evaluation / "manifest.json").write_text(json.dumps({"set": "t1-train", "kind": "training"}))
+    assert len(load_training_slices(evaluation, 32)[0]) == len(
+        load_training_slices(tiny_training_set, 32)[0]
+    )

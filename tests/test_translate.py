@@ -6,14 +6,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from midiffusion.imaging import load_nifti, save_nifti
-from midiffusion.translate import TranslationCancelled, TranslationInputError, Translator
+from midiffusion.io.imaging import load_nifti, save_nifti
+from midiffusion.pipeline.translate import TranslationCancelled, TranslationInputError, Translator
 
 
 @pytest.fixture(scope="module")
 def translator(tiny_model_store) -> Translator:
     v = tiny_model_store.verified("tiny")
-    return Translator.load(v.card.model_dump(), v.weights_path)
+    return Translator.load(v.card, v.weights_path)
 
 
 def _head(shape=(40, 48, 12)) -> np.ndarray:
@@ -90,7 +90,7 @@ def test_samples_average_independent_draws(translator):
 
 def test_folding_draws_into_one_batch_changes_speed_not_result(tiny_model_store):
     v = tiny_model_store.verified("tiny")
-    fp32 = Translator.load(v.card.model_dump(), v.weights_path, precision="fp32")
+    fp32 = Translator.load(v.card, v.weights_path, precision="fp32")
     src = (_head((32, 32, 1))[:, :, 0] / 100.0)[None].astype(np.float32)
     run = dict(steps=3, seed=2, sampler="euler-a", samples=4)
     apart = fp32.translate_slices(src, batch_size=1, **run)  # 4 draws one after the other
@@ -100,7 +100,7 @@ def test_folding_draws_into_one_batch_changes_speed_not_result(tiny_model_store)
 
 def test_antithetic_pairs_change_only_the_second_draw_and_follow_the_card(tiny_model_store):
     v = tiny_model_store.verified("tiny")
-    card = v.card.model_dump()
+    card = v.card
     fp32 = Translator.load(card, v.weights_path, precision="fp32")
     src = (_head((32, 32, 1))[:, :, 0] / 100.0)[None].astype(np.float32)
     run = dict(steps=3, seed=2, sampler="euler-a")
@@ -115,8 +115,10 @@ def test_antithetic_pairs_change_only_the_second_draw_and_follow_the_card(tiny_m
     assert np.abs(anti - plain).max() > 0.005
     # a card without the setting (as v1-v7) keeps independent draws; a card with it pairs them
     assert np.array_equal(plain, fp32.translate_slices(src, samples=2, **run))
-    card["sampling"]["antithetic"] = True
-    paired = Translator.load(card, v.weights_path, precision="fp32")
+    paired_card = card.model_copy(
+        update={"sampling": card.sampling.model_copy(update={"antithetic": True})}
+    )
+    paired = Translator.load(paired_card, v.weights_path, precision="fp32")
     assert np.array_equal(paired.translate_slices(src, samples=2, **run), anti)
     # folding the pairs into one batch changes the speed, not the result
     folded = paired.translate_slices(src, samples=4, batch_size=8, **run)
@@ -174,7 +176,7 @@ def test_bad_inputs_say_what_is_wrong(translator, data, message):
 @pytest.mark.parametrize("name", list(CASES))
 def test_grid_mapping_round_trip_keeps_left_left(name):
     """Input voxels -> model grid -> input voxels is close to the identity, mirror-free."""
-    from midiffusion.translate import _as_volume, plan_slices
+    from midiffusion.pipeline.translate import _as_volume, plan_slices
 
     affine, shape = CASES[name]
     data = _head(shape)

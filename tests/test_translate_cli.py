@@ -14,8 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from midiffusion.cli import main
-from midiffusion.imaging import load_png, save_png
+from midiffusion.cli.main import main
+from midiffusion.io.imaging import load_png, save_png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,6 +140,7 @@ def test_anchor_on_needs_a_card_with_an_anchor(tiny_model_store, tmp_path: Path,
     v = tiny_model_store.verified("tiny")
     card = v.card.model_dump(exclude={"version", "sha256"})
     card["sampling"] = {k: x for k, x in card["sampling"].items() if k != "anchor_mean"}
+    assert v.card.sampling.anchor_mean is not None  # the fixture's model has one
     store = ModelStore(tmp_path / "store")
     store.publish(card, v.weights_path)
     nib.save(nib.Nifti1Image(_head(), np.eye(4)), tmp_path / "v.nii.gz")

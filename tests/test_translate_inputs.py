@@ -9,13 +9,18 @@ import pytest
 from scipy import ndimage
 
 from midiffusion.data.geometry import plan_grid, resample, slice_grid
-from midiffusion.translate import TranslationInputError, Translator, _as_volume, plan_slices
+from midiffusion.pipeline.translate import (
+    TranslationInputError,
+    Translator,
+    _as_volume,
+    plan_slices,
+)
 
 
 @pytest.fixture(scope="module")
 def translator(tiny_model_store) -> Translator:
     v = tiny_model_store.verified("tiny")
-    return Translator.load(v.card.model_dump(), v.weights_path)
+    return Translator.load(v.card, v.weights_path)
 
 
 def phantom(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -85,7 +90,7 @@ OBLIQUE = _rotation(0, 17) @ _rotation(2, -11) @ np.diag([0.9, 0.9, 3.5, 1.0])
 
 @pytest.mark.parametrize(
     ("affine", "shape"),
-    [(SAGITTAL, (150, 160, 24)), (CORONAL, (150, 30, 160)), (OBLIQUE, (150, 160, 30))],
+    [(SAGITTAL, (150, 160, 24)), (CORONAL, (150, 160, 30)), (OBLIQUE, (150, 160, 30))],
     ids=["sagittal", "coronal", "oblique"],
 )
 def test_any_acquisition_plane(translator, affine, shape):
@@ -166,8 +171,8 @@ def test_inference_and_the_data_build_share_one_grid():
 
 
 def test_a_160x160_png_slice_through_the_command_line(tiny_model_store, tmp_path):
-    from midiffusion.cli import main
-    from midiffusion.imaging import load_png, save_png
+    from midiffusion.cli.main import main
+    from midiffusion.io.imaging import load_png, save_png
 
     data = phantom((160, 160, 1))[:, :, 0]
     save_png(data / data.max(), tmp_path / "slice.png")

@@ -1,4 +1,4 @@
-"""End to end against a real Redis and real ``celery -A worker worker -P solo`` processes.
+"""End to end against a real Redis and real ``celery -A worker.app worker -P solo`` processes.
 
 Submit a small NIfTI, poll to ``succeeded``, download and check geometry; cancel a queued and a
 running job; and a job whose worker keeps dying ends ``failed`` with the reason.

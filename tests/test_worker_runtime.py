@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from test_service_support import write_nifti
 
-from service.jobs import JobSpec, JobState, SQLiteJobStore
-from service.settings import WorkerSettings
-from service.storage import LocalStorage
+from jobs import JobSpec, JobState, SQLiteJobStore
+from jobs.storage import LocalStorage
 from worker.runtime import WorkerRuntime, output_filename
+from worker.settings import WorkerSettings
 
 
 def _submit(runtime: WorkerRuntime, source: Path, steps: int, model: str = "tiny") -> str:

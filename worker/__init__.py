@@ -1,10 +1,15 @@
 """Celery workers: take a job id from the queue, load the model once, run the translation.
 
-``celery -A worker worker`` uses ``worker.celery``, built from ``MIDIFF_*`` variables.
+Importing this package builds nothing; the app is ``worker.app`` (``celery -A worker.app``).
 """
 
-from worker.app import create_celery_app
+from typing import Any
 
-celery = create_celery_app()
 
-__all__ = ["celery", "create_celery_app"]
+def __getattr__(name: str) -> Any:
+    # `celery -A worker` (the older spelling) looks up `worker.celery`: the same app
+    if name == "celery":
+        from worker.app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,48 +1,62 @@
-"""The Celery app: configuration only, no torch (the gateway imports this to enqueue).
+"""The worker's Celery app: the queue's app (``jobs.queue``) plus the translation task.
 
-``celery -A worker worker`` finds ``worker.celery``. Settings come from ``MIDIFF_*`` variables;
-without ``MIDIFF_REDIS_URL`` the broker is Celery's in-memory transport (the embedded mode).
+Start a worker with ``celery -A worker.app worker -P solo``: Celery asks this module for ``app``,
+which is built from the ``MIDIFF_*`` variables on that first access, not on import. Building it
+is torch-free; running a job is not.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
+from typing import Any
+
 from celery import Celery
 
-from service.settings import CommonSettings, WorkerSettings
+from jobs.queue import create_celery_app
+from jobs.settings import CommonSettings
+from worker.settings import WorkerSettings
 
-TASK_NAME = "midiffusion.translate"
-QUEUE = "midiffusion"
+_app: Celery | None = None
+_app_lock = threading.Lock()
 
 
-def create_celery_app(settings: CommonSettings | None = None) -> Celery:
+def create_worker_app(settings: CommonSettings | None = None) -> Celery:
+    """The Celery app of a worker process; ``settings`` default to ``WorkerSettings()``."""
+    from worker.tasks import register_tasks
+
     settings = settings or WorkerSettings()
-    app = Celery("midiffusion", broker=settings.redis_url or "memory://", set_as_current=False)
-    app.conf.update(
-        # A task is acknowledged only after it ran, and requeued if its worker dies: a killed
-        # worker loses no job. The job record's start() counts deliveries and gives up on a job
-        # that keeps killing workers (MIDIFF_MAX_DELIVERIES).
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        # One job at a time per process (one process per GPU): nothing waits behind a long job
-        # in one worker's prefetch buffer while another worker is idle.
-        worker_prefetch_multiplier=1,
-        worker_concurrency=1,
-        worker_pool="solo",
-        # Redis redelivers an unacknowledged task after this; it must exceed the longest job,
-        # which the worker itself stops at MIDIFF_JOB_TIMEOUT_S.
-        broker_transport_options={"visibility_timeout": settings.effective_visibility_timeout_s},
-        broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
-        task_serializer="json",
-        accept_content=["json"],
-        # Job state lives in the job record, not in Celery results.
-        task_ignore_result=True,
-        task_store_errors_even_if_ignored=False,
-        worker_send_task_events=False,
-        worker_hijack_root_logger=False,
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-    )
-    from worker.tasks import register_tasks  # registration is torch-free; running is not
-
+    app = create_celery_app(settings)
     register_tasks(app, settings if isinstance(settings, WorkerSettings) else None)
     return app
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A worker.app` looks up `worker.app.app`: build it once, on that first access
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    global _app
+    with _app_lock:
+        if _app is None:
+            _app = create_worker_app()
+        return _app
+
+
+def start_embedded_worker(celery_app: Celery, loglevel: str) -> tuple[Any, threading.Thread]:
+    """A ``solo`` worker for ``celery_app`` in a daemon thread of this process (the embedded
+    mode of ``midiffusion serve``); returns the worker (``stop()`` it) and its thread."""
+    # Celery's task tracer looks tasks up on the *current* app: make it this one.
+    celery_app.set_current()
+    celery_app.set_default()
+    worker = celery_app.WorkController(
+        pool_cls="solo",
+        concurrency=1,
+        hostname=f"embedded@{socket.gethostname()}",
+        loglevel=loglevel.upper(),
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
+    thread.start()
+    return worker, thread

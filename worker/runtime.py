@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.jobs import (
+from jobs import (
     JobError,
     JobOutput,
     JobRecord,
@@ -26,9 +26,9 @@ from service.jobs import (
     StartOutcome,
     open_job_store,
 )
-from service.settings import WorkerSettings
-from service.storage import LocalStorage
+from jobs.storage import LocalStorage
 from worker import metrics
+from worker.settings import WorkerSettings
 
 log = logging.getLogger("midiffusion.worker")
 
@@ -75,13 +75,13 @@ class WorkerRuntime:
             cached = self._translators.get((name, version))
             if cached is not None:
                 return cached
-            from midiffusion.devices import resolve_device
-            from midiffusion.translate import Translator
+            from midiffusion.pipeline.devices import resolve_device
+            from midiffusion.pipeline.translate import Translator
 
             started = time.perf_counter()
             verified = self.model_store().verified(name, version)
             translator = Translator.load(
-                verified.card.model_dump(),
+                verified.card,
                 Path(verified.weights_path),
                 device=resolve_device(self.settings.device),
                 precision=self.settings.precision,
@@ -134,7 +134,7 @@ class WorkerRuntime:
     def _translate(self, job: JobRecord) -> tuple[JobState, JobError | None, JobOutput | None]:
         import nibabel as nib
 
-        from midiffusion.translate import TranslationCancelled, TranslationInputError
+        from midiffusion.pipeline.translate import TranslationCancelled, TranslationInputError
         from model_store import ModelIntegrityError, ModelNotFoundError
 
         spec = job.spec
@@ -192,7 +192,7 @@ class WorkerRuntime:
         partial = self.storage.partial_path(key)
         try:
             if suffix == ".png":
-                from midiffusion.imaging import save_png
+                from midiffusion.io.imaging import save_png
 
                 data = out.get_fdata()  # the translator's output is already in [0, 1]
                 save_png(data.reshape(data.shape[:2]), partial)

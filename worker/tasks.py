@@ -1,4 +1,4 @@
-"""The one Celery task: it carries a job id, never image bytes."""
+"""The one Celery task: it carries a job id, never image bytes (``jobs.queue``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from celery import Celery, signals
 
-from service.settings import WorkerSettings
+from jobs.queue import TASK_NAME, TaskMessage
+from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -29,14 +30,13 @@ def get_runtime(app: Celery) -> WorkerRuntime:
 
 
 def register_tasks(app: Celery, settings: WorkerSettings | None) -> None:
-    from worker.app import TASK_NAME
-
     app.midiff_settings = settings
     app.midiff_runtime = None
 
     @app.task(name=TASK_NAME, bind=True, ignore_result=True, shared=False)
     def translate(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
-        return get_runtime(app).run_job(job_id, worker=self.request.hostname)
+        message = TaskMessage(job_id=job_id)
+        return get_runtime(app).run_job(message.job_id, worker=self.request.hostname)
 
 
 @signals.worker_init.connect

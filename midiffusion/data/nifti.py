@@ -8,13 +8,13 @@ and no file name, so the same array and affine always give the same file.
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from midiffusion.data.errors import DataError
+from model_store.files import write_bytes_atomic
 
 
 def nifti_bytes(data: np.ndarray, affine: np.ndarray, description: str = "") -> bytes:
@@ -26,12 +26,6 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray, description: str = "") -> 
     if description:
         img.header["descrip"] = description.encode()[:79]
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
 
 
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, description: str = "") -> None:

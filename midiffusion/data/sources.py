@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from midiffusion.data.errors import DataError
-from model_store import sha256_file  # one checksum helper for data and weights
+from model_store.files import sha256_file  # one checksum helper for data and weights
 
 STAMP = "source.json"
 

@@ -8,8 +8,8 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 
+from jobs import TERMINAL_STATES, JobRecord, JobState
 from service.context import Ctx, GatewayContext, Principal
-from service.jobs import TERMINAL_STATES, JobRecord, JobState
 from service.problems import Problem
 from service.schemas import JobOut, job_out
 

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from jobs import JobRecord, JobSpec
 from service import metrics
 from service.context import Ctx, GatewayContext, Principal
-from service.jobs import JobRecord, JobSpec
 from service.nifti_check import ACCEPTED, NiftiRejected, check_nifti, suffix_for
 from service.problems import Problem
 from service.queueing import enqueue

@@ -1,0 +1,5 @@
+"""``python -m midiffusion.cli``: the ``midiffusion`` command."""
+
+from midiffusion.cli.main import main
+
+raise SystemExit(main())

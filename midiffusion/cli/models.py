@@ -1,0 +1,204 @@
+"""``midiffusion models list|show|verify|samples|publish|import|default``: the model store from
+the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from model_store import (
+    DEFAULT_SAMPLING,
+    SAMPLER_NAMES,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    ModelStore,
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="model store root (default: $MIDIFF_MODEL_DIR or the shipped model_store/models)",
+    )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=parser.formatter_class
+        )
+
+    action("list", "every model and version")
+    show = action("show", "a model's card and metrics")
+    show.add_argument("name", help="model name")
+    show.add_argument(
+        "--version", type=int, help="model version (default: the aliased one, else the latest)"
+    )
+    verify = action("verify", "check weights against the card's sha256")
+    verify.add_argument("name", nargs="?", help="model name (default: every model)")
+    verify.add_argument(
+        "--version", type=int, help="model version (default: the aliased one, else the latest)"
+    )
+    samples = action("samples", "a grid PNG of unconditional samples (the prior)")
+    samples.add_argument("name", help="model name")
+    samples.add_argument(
+        "--version", type=int, help="model version (default: the aliased one, else the latest)"
+    )
+    samples.add_argument("-o", "--out", type=Path, required=True, help="output PNG")
+    samples.add_argument("-n", type=int, default=16, help="number of samples")
+    samples.add_argument("--steps", type=int, default=50, help="sampling steps")
+    samples.add_argument("--seed", type=int, default=0, help="random seed of the noise")
+    samples.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the card's sampler")
+    samples.add_argument(
+        "--beside",
+        metavar="SET",
+        help="a training set (e.g. t1-train): put as many of its slices, drawn at random, beside "
+        "the samples, and print each sample's SSIM to its nearest slice of the set",
+    )
+    samples.add_argument(
+        "--data-dir", type=Path, help="data cache (default: $MIDIFF_DATA_DIR or the cache)"
+    )
+    pub = action("publish", "store a training run's EMA weights as a new version")
+    pub.add_argument("run", type=Path, help="training run folder (midiffusion train --out)")
+    pub.add_argument("--name", required=True, help="model name; the new version is its latest + 1")
+    pub.add_argument(
+        "--target-modality", required=True, help="what the model translates to, e.g. T1w"
+    )
+    pub.add_argument(
+        "--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLING.sampler, help="card's sampler"
+    )
+    pub.add_argument(
+        "--steps", type=int, default=DEFAULT_SAMPLING.steps, help="card's sampling steps"
+    )
+    pub.add_argument(
+        "--guidance", type=float, default=DEFAULT_SAMPLING.guidance, help="card's LMI guidance"
+    )
+    pub.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLING.samples,
+        help="translations averaged per slice",
+    )
+    pub.add_argument(
+        "--antithetic",
+        action="store_true",
+        help="pair the averaged draws on opposite noises (samplers.noise_source)",
+    )
+    pub.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="do not anchor whole volumes to the training data's mean intensity "
+        "(the anchor is recorded by default; it needs the run's training data)",
+    )
+    pub.add_argument("--notes", default="", help="free text for the card")
+    pub.add_argument(
+        "--licence", action="append", default=[], help="data licence note (repeatable)"
+    )
+    pub.add_argument("--metrics", type=Path, help="metrics.json to store beside the weights")
+    imp = action("import", "install a model directory or .zip/.tar(.gz) archive (sha256-checked)")
+    imp.add_argument("path", type=Path, help="a folder or archive with model.json and weights")
+    default = action("default", "show or set the serving default (an alias)")
+    default.add_argument("ref", nargs="?", metavar="NAME:VERSION", help="the new default")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store)
+    try:
+        if args.action == "list":
+            cards = store.list()
+            if not cards:
+                print(f"no models in {store.root}")
+            for c in cards:
+                print(
+                    f"{c.name}\tv{c.version}\t{c.target_modality}\t{c.grid_size}px\t"
+                    f"{c.parameters:,} params\t{c.training.get('iterations', '?')} iterations"
+                )
+        elif args.action == "show":
+            card = store.card(args.name, args.version)
+            print(card.model_dump_json(indent=2))
+            metrics = store.metrics(args.name, card.version)
+            if metrics:
+                print(json.dumps(metrics, indent=2))
+        elif args.action == "verify":
+            targets = (
+                [(args.name, args.version)]
+                if args.name
+                else [(c.name, c.version) for c in store.list()]
+            )
+            for name, version in targets:
+                v = store.verified(name, version)
+                print(f"ok\t{v.card.name} v{v.card.version}\t{v.card.sha256}")
+        elif args.action == "samples":
+            _samples(store, args)
+        elif args.action == "import":
+            card = store.import_model(args.path)
+            print(f"imported {card.name} v{card.version} ({card.sha256[:12]}..., verified)")
+        elif args.action == "default":
+            if args.ref:
+                name, _, version = args.ref.partition(":")
+                if not version.isdigit():
+                    raise ValueError(f"{args.ref!r}: give NAME:VERSION, e.g. t1w:10")
+                store.set_default(name, int(version))
+            name, version = store.default_ref()
+            card = store.card(name, version)
+            print(f"default: {card.name} v{card.version}")
+        elif args.action == "publish":
+            from midiffusion.training.export import export_model
+
+            with tempfile.TemporaryDirectory() as tmp:
+                weights = Path(tmp) / "weights.safetensors"
+                card = export_model(
+                    args.run,
+                    name=args.name,
+                    target_modality=args.target_modality,
+                    out_weights=weights,
+                    data_licences=args.licence,
+                    notes=args.notes,
+                    sampling={
+                        "sampler": args.sampler,
+                        "steps": args.steps,
+                        "guidance": args.guidance,
+                        "samples": args.samples,
+                        "antithetic": args.antithetic,
+                    },
+                    anchor=not args.no_anchor,
+                )
+                metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+                extra = {p.name: p for p in [args.run / "loss.png"] if p.is_file()}
+                stored = store.publish(card, weights, metrics=metrics, extra_files=extra)
+            print(
+                f"published {stored.name} v{stored.version} ({stored.sha256[:12]}...) "
+                f"in {store.root / stored.name / str(stored.version)}"
+            )
+    except (ModelNotFoundError, ModelIntegrityError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+    return 0
+
+
+def _samples(store: ModelStore, args: argparse.Namespace) -> None:
+    from midiffusion.data.sets import training_slices
+    from midiffusion.evaluation import prior_check
+    from midiffusion.io.imaging import save_png
+
+    v = store.verified(args.name, args.version)
+    training = training_slices(args.beside, args.data_dir) if args.beside else None  # fail early
+    images = prior_check.unconditional_samples(
+        v.card, v.weights_path, args.n, args.steps, args.seed, args.sampler
+    )
+    if training is None:
+        save_png(prior_check.tile(images), args.out)
+        print(f"{args.n} unconditional samples of {v.card.name} v{v.card.version}: {args.out}")
+        return
+    real = prior_check.random_slices(training, args.n, args.seed)
+    save_png(prior_check.beside(images, real), args.out)
+    print(
+        f"{args.n} unconditional samples of {v.card.name} v{v.card.version} (left) beside "
+        f"{len(real)} random {args.beside} slices (right): {args.out}"
+    )
+    print(f"SSIM to the nearest {args.beside} slice or its mirror image (1 = a copy):")
+    unseen = prior_check.unseen_real_slices(args.data_dir)
+    for line in prior_check.nearest_ssim_report(images, training, unseen):
+        print(f"  {line}")

@@ -1,0 +1,1 @@
+"""The benchmark: compared methods, the run over directions, results, reports and figures."""

@@ -1,0 +1,101 @@
+"""What the benchmark translates: its directions (set, source, ground truth) and their slices.
+
+Directions: T2w, PDw and FLAIR -> T1 on ``mni-synth`` (metrics against the MNI152 T1 inside the
+brain mask), the same three on ``head-synth`` (a held-out whole head; metrics inside the head)
+and CT -> T1 on ``ct-real`` (no ground truth: SSIM and NMI to the source only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from midiffusion.data.geometry import voxel_sizes
+
+# direction -> (set, source key, ground-truth key or None)
+DIRECTIONS: dict[str, tuple[str, str, str | None]] = {
+    "T2w->T1": ("mni-synth", "t2w", "t1"),
+    "PDw->T1": ("mni-synth", "pdw", "t1"),
+    "FLAIR->T1": ("mni-synth", "flair", "t1"),
+    "CT->T1": ("ct-real", "ct", None),
+    "head T2w->T1": ("head-synth", "t2w", "t1"),
+    "head PDw->T1": ("head-synth", "pdw", "t1"),
+    "head FLAIR->T1": ("head-synth", "flair", "t1"),
+}
+PROTOCOLS = ("mni-synth", "ct-real", "head-synth")
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation cannot run as asked; the message says why."""
+
+
+@dataclass
+class Direction:
+    """One direction's evaluated slices, on the model grid, in [0, 1]."""
+
+    name: str
+    set_name: str
+    slice_index: np.ndarray
+    source: np.ndarray
+    mask: np.ndarray
+    truth: np.ndarray | None
+    pixel_mm2: float  # the area of one grid pixel (the anchor tells brains from heads by it)
+
+
+def select_slices(total: int, wanted: int | None) -> np.ndarray:
+    """``wanted`` evenly spaced slice indices out of ``total`` (all when None or too many)."""
+    if wanted is None or wanted >= total:
+        return np.arange(total)
+    if wanted < 1:
+        raise EvaluationError(f"--slices must be at least 1, got {wanted}")
+    return np.unique(np.linspace(0, total - 1, wanted).round().astype(int))
+
+
+def _slices(img, idx: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(np.asarray(img.dataobj, np.float32), 2, 0)[idx])
+
+
+def direction_names(protocols: list[str], directions: list[str] | None) -> list[str]:
+    """The directions asked for (default: every direction of ``protocols``), checked."""
+    wanted = directions or [d for d, v in DIRECTIONS.items() if v[0] in protocols]
+    unknown = [d for d in wanted if d not in DIRECTIONS]
+    if unknown:
+        raise EvaluationError(f"unknown direction(s) {unknown}; accepted: {list(DIRECTIONS)}")
+    return wanted
+
+
+def load_directions(
+    names: list[str], slices: int | None, data_root: Path | None, grid: int | None
+) -> list[Direction]:
+    """The built sets' slices of each direction (``slices`` evenly spaced, default all), checked
+    against the model's ``grid``."""
+    from midiffusion.data.sets import load_volumes
+
+    volumes: dict[str, dict] = {}
+    out = []
+    for name in names:
+        set_name, src_key, truth_key = DIRECTIONS[name]
+        if set_name not in volumes:
+            volumes[set_name] = load_volumes(set_name, data_root)
+        vols = volumes[set_name]
+        shape = vols["mask"].shape
+        if grid is not None and shape[:2] != (grid, grid):
+            raise EvaluationError(
+                f"set {set_name} is built on a {shape[0]}x{shape[1]} grid but the model works "
+                f"on {grid}x{grid}; rebuild the set with the model's grid"
+            )
+        idx = select_slices(shape[2], slices)
+        out.append(
+            Direction(
+                name=name,
+                set_name=set_name,
+                slice_index=idx,
+                source=np.clip(_slices(vols[src_key], idx), 0, 1),
+                mask=_slices(vols["mask"], idx) > 0,
+                truth=np.clip(_slices(vols[truth_key], idx), 0, 1) if truth_key else None,
+                pixel_mm2=float(np.prod(voxel_sizes(vols["mask"].affine)[:2])),
+            )
+        )
+    return out

@@ -1,0 +1,1 @@
+"""The score network (a U-Net conditioned on LMI maps)."""

@@ -1,0 +1,1 @@
+"""Translation of whole images: geometry, intensity anchoring, precision and device choice."""

@@ -1,0 +1,357 @@
+"""Whole-volume translation: volume -> grid slices -> batched guided sampling -> volume.
+
+Geometry: the input is reordered to RAS through its affine (never guessed; exact flips and
+permutations), masked in its slice plane, cut into axial slices (or the one slice of a 2D image)
+and every slice is resampled onto the model's square grid with one field of view per volume: the
+foreground's in-plane bounding box, larger side + 10 %, with the very functions that build the
+training and evaluation sets (``midiffusion.data.geometry``). Results are mapped back to the
+input's own voxels, array layout, affine and header. Background stays background.
+
+Consistency between slices: every slice starts from the same initial noise (seeded), and the
+stochastic samplers add the same step noise to every slice (``samplers.shared_noise``), so
+neighbouring slices with similar sources take similar paths. The flip side: the volume's overall
+grey level is one draw of the prior, so whole volumes are shifted to the training data's mean
+(``midiffusion/pipeline/intensity.py``) where the card records it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from safetensors.torch import load_file
+from scipy import ndimage
+
+from midiffusion.data.geometry import Grid, canonical, resample, slice_grid, voxel_sizes
+from midiffusion.data.recipe import Recipe
+from midiffusion.diffusion.conditioning import ConditioningSpec
+from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
+from midiffusion.diffusion.samplers import get_sampler, noise_source, shared_noise_for_draws
+from midiffusion.diffusion.schedules import DDPMSchedule
+from midiffusion.io.imaging import output_like
+from midiffusion.model.unet import UNet, UNetConfig
+from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES, anchor_for, anchor_mean
+from midiffusion.pipeline.precision import resolve_precision
+from model_store.card import MIN_INPLANE, ModelCard
+
+# the data recipe's field of view, so inference sees brains at the scale training saw them
+FOV_MARGIN = Recipe().fov_margin
+FOREGROUND_THRESHOLD = 0.05  # of the normalised intensity range
+
+
+class TranslationCancelled(Exception):
+    """Raised from inside the sampling loop when ``should_cancel()`` returns True."""
+
+
+class TranslationInputError(ValueError):
+    """The input cannot be translated; the message says why and what is accepted."""
+
+
+Progress = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------------------------
+# geometry: input array <-> RAS slices <-> model grid (midiffusion.data.geometry)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlicePlan:
+    """How one image maps onto the model grid and back."""
+
+    ornt: np.ndarray  # the input's orientation (nibabel ornt), read from its affine
+    ras_affine: np.ndarray  # the affine of the input reordered to RAS (exact flips/permutes)
+    ras_shape: tuple[int, int, int]
+    slice_axis: int  # in RAS array space: the axis the input is cut along
+    grid: Grid  # grid voxel (i, j, k) -> world, k the input's k-th slice
+
+    @property
+    def pixel_mm2(self) -> float:
+        """The area of one grid pixel in the slice plane."""
+        sizes = voxel_sizes(self.grid.affine)
+        return float(sizes[0] * sizes[1])
+
+    def to_grid(self, ras_volume: np.ndarray, order: int = 1) -> np.ndarray:
+        """(n_slices, G, G) model-grid slices of a RAS volume."""
+        out = resample(ras_volume, self.ras_affine, self.grid, order=order, antialias=order > 0)
+        return np.moveaxis(out, 2, 0)
+
+    def from_grid(self, grid_slices: np.ndarray) -> np.ndarray:
+        """(n_slices, G, G) grid slices back in the input's own array layout."""
+        ras = resample(
+            np.moveaxis(grid_slices, 0, 2),
+            self.grid.affine,
+            Grid(self.ras_affine, self.ras_shape),
+            antialias=False,
+        )
+        return self.to_input(ras)
+
+    def to_input(self, ras_volume: np.ndarray) -> np.ndarray:
+        return apply_orientation(ras_volume, ornt_transform(axcodes2ornt("RAS"), self.ornt))
+
+
+def _as_volume(img: nib.Nifti1Image) -> np.ndarray:
+    """The image's voxels as a float32 3D array in its own layout, or a clear refusal."""
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise TranslationInputError(
+            f"the image has shape {arr.shape}: accepted are 3D volumes and 2D slices "
+            "(a 4D series must be split into 3D volumes first)"
+        )
+    if arr.size == 0:
+        raise TranslationInputError("the image holds no voxels")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise TranslationInputError(
+            f"the image contains {bad} NaN or infinite voxels; replace them (e.g. with 0) first"
+        )
+    if float(arr.max()) == float(arr.min()):
+        raise TranslationInputError(
+            f"the image is constant (every voxel is {float(arr.min()):g}): there is no anatomy "
+            "to translate"
+        )
+    check_affine(img.affine)
+    return arr
+
+
+def check_affine(affine: np.ndarray) -> None:
+    """Refuse an affine that cannot place voxels in space (non-finite, or collapsing an axis)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise TranslationInputError("the image affine (qform/sform) holds NaN or infinite values")
+    linear = affine[:3, :3]
+    sizes = voxel_sizes(affine)
+    if sizes.min() <= 0 or abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(sizes)):
+        raise TranslationInputError(
+            "the image affine is degenerate (it maps two voxel axes onto one line or an axis to "
+            "a point): accepted is an affine with three independent axes of non-zero voxel size"
+        )
+
+
+def normalise(volume: np.ndarray, slice_axis: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Intensities to [0,1] by robust percentiles, and a foreground mask made in the slice plane.
+
+    The 99.5th percentile of the foreground maps to 1, as in the data recipe; the background
+    level (0 for skull-stripped MR, the 0.5th percentile otherwise) maps to 0. The mask's
+    opening and hole filling act within each slice (a structuring element flat along
+    ``slice_axis``), so one- and two-slice images and the end slices of a volume keep their rim.
+    """
+    lo = 0.0 if volume.min() >= 0 else float(np.percentile(volume, 0.5))
+    x = volume - lo
+    rough = float(np.percentile(x, 99.9))
+    if rough <= 0:
+        rough = float(x.max())  # a small object on a large background: its few bright voxels
+    if rough <= 0:
+        raise TranslationInputError("the image is constant: there is nothing to translate")
+    hi = float(np.percentile(x[x > FOREGROUND_THRESHOLD * rough], 99.5))
+    x01 = np.clip(x / hi, 0, 1).astype(np.float32)
+    in_plane = ndimage.generate_binary_structure(3, 1)
+    in_plane[tuple(0 if a == slice_axis else slice(None) for a in range(3))] = False
+    in_plane[tuple(2 if a == slice_axis else slice(None) for a in range(3))] = False
+    mask = ndimage.binary_opening(x01 > FOREGROUND_THRESHOLD, structure=in_plane)
+    labels, n = ndimage.label(mask)
+    if n > 1:  # keep the largest connected component (drops speckle in noisy backgrounds)
+        sizes = ndimage.sum(mask, labels, range(1, n + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    mask = ndimage.binary_fill_holes(mask, structure=in_plane)
+    return x01, mask
+
+
+def plan_slices(
+    image: nib.Nifti1Image, volume: np.ndarray, grid: int
+) -> tuple[SlicePlan, np.ndarray, np.ndarray]:
+    """Reorient ``volume`` to RAS, mask it in its slice plane and place its slices on the grid.
+
+    Returns the plan, the RAS volume in [0, 1] and its mask. The slice axis is the one axis of
+    a single slice (or of a two-slice image), else the axial one."""
+    ornt = io_orientation(image.affine)
+    ras, ras_affine = canonical(nib.Nifti1Image(volume, image.affine))
+    few = [a for a in range(3) if ras.shape[a] <= 2]
+    slice_axis = few[0] if len(few) == 1 else 2
+    plane = [ras.shape[a] for a in range(3) if a != slice_axis]
+    if min(plane) < MIN_INPLANE:
+        raise TranslationInputError(
+            f"the slices are {plane[0]}x{plane[1]} voxels: at least "
+            f"{MIN_INPLANE}x{MIN_INPLANE} are needed"
+        )
+    x01, mask = normalise(ras, slice_axis)
+    if not mask.any():
+        raise TranslationInputError("no foreground found: the image looks empty")
+    plan = SlicePlan(
+        ornt=ornt,
+        ras_affine=ras_affine,
+        ras_shape=ras.shape,
+        slice_axis=slice_axis,
+        grid=slice_grid(mask, ras_affine, grid, FOV_MARGIN, slice_axis),
+    )
+    return plan, x01, mask
+
+
+def _draws_per_batch(slices: int, samples: int, batch_size: int) -> int:
+    """How many of a slice batch's draws run together: the most that fit the batch size and
+    divide ``samples`` evenly (1 when the slices alone fill the batch)."""
+    return max(d for d in range(1, samples + 1) if samples % d == 0 and d * slices <= batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# the translator
+# --------------------------------------------------------------------------------------------
+class Translator:
+    """A loaded target-domain model, ready to translate volumes or grid slices.
+
+    ``card``: the model's typed card; its sampling section supplies every setting a call leaves
+    out."""
+
+    def __init__(
+        self,
+        net: UNet,
+        card: ModelCard,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+    ) -> None:
+        self.card = card
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.net = net.to(self.device).eval()
+        self.schedule = DDPMSchedule.from_dict(card.schedule.model_dump())
+        self.spec = ConditioningSpec.from_dict(card.conditioning.model_dump())
+        self.grid = card.grid_size
+        self.sampling = card.sampling
+        # clean models clamp x0 estimates to the data range; the published (faithful) chain does not
+        self.clip_denoised = self.spec.state == "range_consistent"
+
+    @classmethod
+    def load(
+        cls,
+        card: ModelCard,
+        weights_path: str | Path,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+    ) -> Translator:
+        net = UNet(UNetConfig.from_dict(card.network.model_dump()))
+        state = load_file(str(weights_path), device="cpu")
+        net.load_state_dict(state, strict=True)
+        return cls(net, card, device, precision)
+
+    def denoiser(self, source01: torch.Tensor | None, guidance: float) -> LMIGuidedDenoiser:
+        """The model's denoiser for these sources (None: unconditional)."""
+        return LMIGuidedDenoiser(
+            self.net,
+            self.schedule,
+            self.spec,
+            source01,
+            guidance,
+            clip=self.clip_denoised,
+            precision=self.precision,
+        )
+
+    # --- grid slices (used by translate() and by the evaluation) ------------------------------
+    @torch.no_grad()
+    def translate_slices(
+        self,
+        source01: np.ndarray,
+        *,
+        steps: int | None = None,
+        seed: int = 0,
+        sampler: str | None = None,
+        guidance: float | None = None,
+        samples: int | None = None,
+        antithetic: bool | None = None,
+        batch_size: int | None = None,
+        progress: Progress | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Translate (N, G, G) slices in [0,1] on the model grid; returns (N, G, G) in [0,1].
+
+        ``samples`` > 1 averages that many translations from different initial noises: an
+        estimate of the posterior mean, which loses the sampler's invented fine texture (the
+        part that cannot match the patient) and costs ``samples`` times the time. ``antithetic``
+        (default: the card's) pairs the draws on opposite noises (``samplers.noise_source``).
+        """
+        steps = int(steps or self.sampling.steps)
+        sample = get_sampler(sampler or self.sampling.sampler)
+        guidance = float(self.sampling.guidance if guidance is None else guidance)
+        samples = int(samples or self.sampling.samples)
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}")
+        if antithetic is None:
+            antithetic = self.sampling.antithetic
+        batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))
+        sigmas = self.schedule.sampling_sigmas(steps).to(self.device, torch.float32)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        # one noise per draw, shared by every slice: neighbouring slices stay consistent
+        drawn = [torch.randn(1, 1, self.grid, self.grid, generator=gen) for _ in range(samples)]
+        noises = [
+            (sign * drawn[source]).to(self.device)
+            for source, sign in (noise_source(d, antithetic) for d in range(samples))
+        ]
+
+        n = source01.shape[0]
+        # (slices, draws run together): fewer slices than the batch holds (a single slice, a
+        # short volume) fold several draws into one batch, so the network runs at the batch size
+        batches = [
+            (idx, _draws_per_batch(len(idx), samples, batch_size))
+            for idx in (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
+        ]
+        total = sum(samples // k for _, k in batches) * steps
+        out = np.zeros_like(source01, dtype=np.float32)
+        done = 0
+        for idx, k in batches:
+            src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
+            denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance)
+
+            def callback(_i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor) -> None:
+                nonlocal done
+                if should_cancel is not None and should_cancel():
+                    raise TranslationCancelled("translation cancelled")
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+
+            for first in range(0, samples, k):
+                draws = range(first, first + k)
+                x = torch.cat([noises[d].expand(len(idx), -1, -1, -1) for d in draws]) * sigmas[0]
+                step_noise = shared_noise_for_draws(seed, draws, antithetic)
+                x0 = sample(denoiser, x, sigmas, callback=callback, noise=step_noise)
+                x0 = self.spec.to_unit(x0)[:, 0].float().cpu().numpy()
+                out[idx.start : idx.stop] += x0.reshape(k, len(idx), *x0.shape[1:]).sum(0)
+        return out / samples
+
+    def anchor(self, slices01: np.ndarray, mask: np.ndarray, pixel_mm2: float) -> np.ndarray:
+        """One volume's translated slices, shifted to the card's anchor for its kind (brain or
+        whole head, ``midiffusion/pipeline/intensity.py``) inside ``mask``; unchanged where the card
+        has no anchor for that kind. ``pixel_mm2``: the area of one grid pixel."""
+        target = anchor_for(self.sampling, mask, pixel_mm2)
+        return slices01 if target is None else anchor_mean(slices01, mask, target)
+
+    # --- whole images -----------------------------------------------------------------------
+    def translate(
+        self, image: nib.Nifti1Image, *, anchor: bool | None = None, **options: Any
+    ) -> nib.Nifti1Image:
+        """Translate a NIfTI volume or slice; the output has the input's shape and geometry.
+
+        ``anchor``: shift the volume to the card's intensity anchor; None (default) does so for
+        volumes of at least ``MIN_ANCHOR_SLICES`` foreground slices, i.e. whole brains.
+        ``options`` are those of :meth:`translate_slices` (steps, seed, sampler, guidance,
+        samples, batch_size, progress, should_cancel)."""
+        volume = _as_volume(image)
+        plan, ras, ras_mask = plan_slices(image, volume, self.grid)
+        src = plan.to_grid(ras)
+        msk = plan.to_grid(ras_mask.astype(np.float32)) > 0.5
+        keep = np.nonzero(msk.reshape(len(msk), -1).any(axis=1))[0]
+        result = np.zeros_like(src)
+        if len(keep):
+            result[keep] = self.translate_slices(src[keep], **options)
+            if anchor or (anchor is None and len(keep) >= MIN_ANCHOR_SLICES):
+                result[keep] = self.anchor(result[keep], msk[keep], plan.pixel_mm2)
+        result *= msk
+        back = plan.from_grid(result) * plan.to_input(ras_mask)
+        return output_like(image, back.reshape(image.shape))

@@ -1,0 +1,1 @@
+"""Target-only training of the score model: configuration, loop, checkpoints, export."""

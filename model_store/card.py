@@ -1,0 +1,137 @@
+"""The model card (``model.json``), typed: what a model is, how it was made and how to run it.
+
+The network, schedule and conditioning sections hold exactly what the science's ``UNetConfig``,
+``DDPMSchedule`` and ``ConditioningSpec`` write with ``to_dict()``; the sampling section holds
+the one definition of every sampling default. A card that does not fit is refused when it is
+published or imported, not when a worker loads it. Torch-free: the gateway reads cards, and the
+science imports this module for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# the samplers of ``midiffusion/diffusion/samplers.py`` by name (a test keeps the two equal), for
+# the cards and for the command lines that must not import torch to offer them
+SamplerName = Literal["ddim", "dpmpp-2m", "ddpm", "euler-a"]
+SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
+
+# The smallest slice side, in voxels, that a translation accepts. The science refuses smaller
+# slices; the gateway refuses such uploads before they are queued (on the first two array axes,
+# a cheap check; the worker checks the slice plane after reorientation). Defined here because
+# this torch-free module is the one both of them may import.
+MIN_INPLANE = 16
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkSection(_Section):
+    """``midiffusion.model.unet.UNetConfig.to_dict()``."""
+
+    base_channels: int = Field(gt=0)
+    channel_mults: tuple[int, ...] = Field(min_length=1)
+    num_res_blocks: int = Field(ge=1)
+    attention_resolutions: tuple[int, ...]
+    grid_size: int = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    cond_channels: int = Field(ge=0)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleSection(_Section):
+    """``midiffusion.diffusion.schedules.DDPMSchedule.to_dict()``."""
+
+    kind: Literal["ddpm-linear"] = "ddpm-linear"
+    beta_start: float = Field(gt=0, lt=1)
+    beta_end: float = Field(gt=0, lt=1)
+    num_timesteps: int = Field(ge=2)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> ScheduleSection:
+        if self.beta_start >= self.beta_end:
+            raise ValueError("need beta_start < beta_end")
+        return self
+
+
+class LMISection(_Section):
+    """``midiffusion.lmi.LMISettings.to_dict()``; the operator checks the combinations."""
+
+    mode: Literal["clean", "faithful"]
+    patch_size: int = Field(gt=0)
+    search_radius: int = Field(ge=0)
+    bins: int | None
+    bandwidth: float | Literal["auto"] | None
+    normalized: bool
+
+
+class ConditioningSection(_Section):
+    """``midiffusion.diffusion.conditioning.ConditioningSpec.to_dict()``: the LMI settings and
+    how the noisy state is shown to LMI."""
+
+    lmi: LMISection
+    state: Literal["range_consistent", "raw_vp"]
+    data_range: tuple[float, float]
+
+
+class SamplingSection(_Section):
+    """How the model samples where the caller leaves a setting out. These defaults are the
+    project's only ones (``models publish`` writes them unless told otherwise).
+
+    ``antithetic``: averaged draws pair up on opposite noises
+    (``midiffusion/diffusion/samplers.noise_source``). ``anchor_mean`` / ``anchor_mean_head``:
+    the training brains' / whole heads' mean foreground intensity, which whole translated
+    volumes of that kind are shifted to (``midiffusion/pipeline/intensity.py``); None: off for
+    that kind.
+    """
+
+    sampler: SamplerName = "ddim"
+    steps: int = Field(default=20, ge=1)
+    guidance: float = Field(default=1.0, ge=0)
+    samples: int = Field(default=1, ge=1)
+    antithetic: bool = False
+    anchor_mean: float | None = Field(default=None, gt=0, lt=1)
+    anchor_mean_head: float | None = Field(default=None, gt=0, lt=1)
+
+
+DEFAULT_SAMPLING = SamplingSection()
+# how faithful mode samples whatever its card says: the published 1000-step DDPM chain
+FAITHFUL_SAMPLING = SamplingSection(sampler="ddpm", steps=1000, guidance=1.0, samples=1)
+
+
+class ModelCard(BaseModel):
+    """What a model is, how it was made, and how to run it (``model.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: int = Field(ge=1)
+    target_modality: str
+    grid_size: int = Field(gt=0)
+    data_range: tuple[float, float] = (-1.0, 1.0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    parameters: int = Field(ge=0)
+    network: NetworkSection
+    schedule: ScheduleSection
+    conditioning: ConditioningSection
+    sampling: SamplingSection
+    training: dict[str, Any]  # data manifest, steps, compute used, final loss
+    data_licences: list[str] = Field(default_factory=list)
+    created: str = ""
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _steps_fit_the_schedule(self) -> ModelCard:
+        if self.sampling.steps > self.schedule.num_timesteps:
+            raise ValueError(
+                f"sampling.steps {self.sampling.steps} exceeds the schedule's "
+                f"{self.schedule.num_timesteps} timesteps"
+            )
+        return self
+
+    def lmi_mode(self) -> str:
+        """The LMI the model was trained with (and only runs with): clean or faithful."""
+        return self.conditioning.lmi.mode

@@ -29,6 +29,7 @@ class ModelCatalog:
         self._lock = threading.Lock()
         self._cards: list[Any] = []
         self._default: str | None = None
+        self._serving: dict[str, int] = {}  # name -> the version a bare name resolves to
         self._read_at = -float("inf")
 
     def _refresh(self) -> None:
@@ -38,6 +39,8 @@ class ModelCatalog:
         cards = store.list()
         self._cards = cards
         self._default = store.default_name() if cards else None
+        # the store decides what a bare name means (its default alias, else the latest)
+        self._serving = {n: store.card(n).version for n in {c.name for c in cards}}
         self._read_at = time.monotonic()
 
     def cards(self) -> list[Any]:
@@ -51,7 +54,8 @@ class ModelCatalog:
         return self._default
 
     def resolve(self, requested: str | None) -> Any:
-        """``name`` (latest version) or ``name:version`` -> card; 422 naming what exists."""
+        """``name`` (the store's serving version) or ``name:version`` -> card; 422 naming what
+        exists."""
         cards = self.cards()
         available = sorted(f"{c.name}:{c.version}" for c in cards)
         if not cards:
@@ -67,15 +71,17 @@ class ModelCatalog:
                     available=available,
                 )
             matches = [c for c in matches if c.version == int(version_text)]
+        else:
+            matches = [c for c in matches if c.version == self._serving.get(name)]
         if not matches:
             raise Problem(
                 422,
                 "unknown-model",
                 f"no model `{requested}`; available: {', '.join(available)} "
-                "(give `name` for the latest version, or `name:version`)",
+                "(give `name` for its serving version, or `name:version`)",
                 available=available,
             )
-        return max(matches, key=lambda c: c.version)
+        return matches[0]
 
 
 @dataclass

@@ -106,6 +106,12 @@ def test_every_method_and_direction_is_reported(run) -> None:
             assert all(s["n"] == 2 and np.isfinite(s["mean"]) for s in summary.values())
             assert len(row["per_slice"]) == 2 and row["fid"] is None
             assert np.isfinite(row["consistency"]["adjacent_mad"])
+            if name != "CT->T1":  # reformats need a ground truth
+                tp = row["through_plane"]
+                assert set(tp["reformat_ssim"]) == {"sagittal", "coronal"}
+                assert np.isfinite(tp["gradient_energy_ratio"])
+            else:
+                assert "through_plane" not in row
     # the identity's SSIM to its own source is 1; its NMI to the source is 1
     ident = saved["directions"]["T2w->T1"]["methods"]["identity"]["summary"]
     assert ident["ssim_src"]["mean"] == pytest.approx(1.0)

@@ -410,3 +410,21 @@ def test_gateway_never_imports_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_bare_model_name_is_the_stores_serving_version(tiny_model_store, tmp_path) -> None:
+    """The gateway resolves `tiny` as the store does: its default alias, not the highest."""
+    from model_store import ModelStore
+    from service.context import ModelCatalog
+
+    store = ModelStore(tmp_path / "s")
+    v = tiny_model_store.verified("tiny")
+    card = v.card.model_dump(exclude={"version", "sha256"})
+    store.publish(card, v.weights_path)
+    store.publish(card, v.weights_path)
+    assert ModelCatalog(store.root, ttl_s=0).resolve("tiny").version == 2  # no alias: latest
+    store.set_default("tiny", 1)
+    catalog = ModelCatalog(store.root, ttl_s=0)
+    assert catalog.resolve(None).version == 1
+    assert catalog.resolve("tiny").version == 1
+    assert catalog.resolve("tiny:2").version == 2

@@ -126,8 +126,39 @@ def markdown_report(results: EvaluationResults) -> str:
                 f"{'—' if gt is None else f'{gt:.4f}'} | "
                 f"{'—' if ratio is None else f'{ratio:.2f}'} |"
             )
+    lines += _through_plane_lines(results)
     lines += _seed_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def _through_plane_lines(results: EvaluationResults) -> list[str]:
+    rows = [
+        (direction, method, row.through_plane)
+        for direction, entry in results.directions.items()
+        for method, row in entry.methods.items()
+        if row.ok and row.through_plane is not None
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Through-plane: SSIM of the sagittal and coronal reformats of the evaluated stack to the "
+        "ground truth's, and the through-plane gradient energy relative to the ground truth's "
+        "(1 = changes between slices as much as anatomy does, > 1 = striping).",
+        "",
+        "| direction | method | sagittal SSIM | coronal SSIM | gradient energy ratio |",
+        "|---|---|---|---|---|",
+    ]
+
+    def fmt(value: float | None, digits: int = 3) -> str:
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    for direction, method, tp in rows:
+        lines.append(
+            f"| {direction} | {method} | {fmt(tp.reformat_ssim['sagittal'])} | "
+            f"{fmt(tp.reformat_ssim['coronal'])} | {fmt(tp.gradient_energy_ratio, 2)} |"
+        )
+    return lines
 
 
 def _seed_lines(results: EvaluationResults) -> list[str]:

@@ -29,6 +29,14 @@ class Consistency:
 
 
 @dataclass
+class ThroughPlane:
+    """Is the output one volume or a stack of slices (``evaluation/through_plane.py``)."""
+
+    reformat_ssim: dict[str, float | None]  # sagittal / coronal reformats against the truth's
+    gradient_energy_ratio: float | None  # through-plane gradient energy / the truth's
+
+
+@dataclass
 class MethodResult:
     """One row of a direction's table: how a method did, or why it did not run."""
 
@@ -38,6 +46,7 @@ class MethodResult:
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
     per_slice: list[dict[str, float]] = field(default_factory=list)
     consistency: Consistency | None = None
+    through_plane: ThroughPlane | None = None
     inverted_slices: int | None = None  # histogram-best: how many slices took the inverted map
     chose_inverted: list[bool] | None = None
     fid: float | None = None
@@ -56,6 +65,8 @@ class MethodResult:
         out["summary"] = self.summary
         out["per_slice"] = self.per_slice
         out["consistency"] = asdict(self.consistency) if self.consistency else None
+        if self.through_plane is not None:
+            out["through_plane"] = asdict(self.through_plane)
         if self.chose_inverted is not None:
             out["inverted_slices"] = self.inverted_slices
             out["chose_inverted"] = self.chose_inverted

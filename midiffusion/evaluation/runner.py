@@ -43,7 +43,9 @@ from midiffusion.evaluation.results import (
     EvaluationResults,
     MethodResult,
     ModelSummary,
+    ThroughPlane,
 )
+from midiffusion.evaluation.through_plane import through_plane
 from midiffusion.pipeline.devices import resolve_device
 from model_store.card import FAITHFUL_SAMPLING
 
@@ -211,6 +213,8 @@ def run_direction(
             ground_truth_adjacent_mad=truth_consistency,
             ratio_to_ground_truth=mad / truth_consistency if truth_consistency else None,
         )
+        if d.truth is not None and len(out) > 1:
+            row.through_plane = ThroughPlane(**through_plane(out, d.truth, d.mask))
 
     if ctx.settings.fid and d.truth is not None:
         _add_fid(d, outputs, rows, fid_cache, device, ctx.progress)

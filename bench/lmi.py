@@ -30,7 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "lmi_faithful_128.npz"
-PUBLISHED = "published operator (docs/algorithm.md): about 3000 ms and 1.8 GB for 1 x 128x128"
+PUBLISHED = "published operator (docs/lmi.md): about 3000 ms and 1.8 GB for 1 x 128x128"
 
 
 def _inputs(batch: int, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
     python bench/translate.py [--steps N] [--batch 8] [--faithful-steps 5] [--skip-faithful]
 
-What is timed (benchmark.md, speed protocol):
+What is timed (docs/performance.md):
 - default mode: the model card's sampler, steps, guidance and samples, end to end through
   ``Translator.translate_slices`` (self-LMI, then per step a cross-LMI and a U-Net call), for one
   slice and for a batch of ``--batch`` slices (reported per slice), in float32 and, where the CPU

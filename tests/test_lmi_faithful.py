@@ -54,7 +54,7 @@ def test_faithful_noise_saturation_is_reproduced(reference, batched_results):
 
 
 def test_wrap_rule_matches_the_documented_example():
-    # algorithm.md 1.3: for d = (-1, -1) the window rows are (i1, i1-1, i1), columns likewise.
+    # the published window rule: for d = (-1, -1) the rows are (i1, i1-1, i1), columns likewise.
     sigma = wrap_pairing(3)
     row_offsets = (0, -1, 0)
     expected = [(a + 1) * 3 + (b + 1) for a in row_offsets for b in row_offsets]

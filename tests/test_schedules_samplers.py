@@ -22,7 +22,7 @@ from model_store import SAMPLER_NAMES
 
 def test_published_schedule_values():
     s = DDPMSchedule()
-    # algorithm.md 2.3: abar_999 = 4.04e-5; VE sigma range [0.0100, 157.4]
+    # the published schedule: abar_999 = 4.04e-5; VE sigma range [0.0100, 157.4]
     assert s.alphas_cumprod[-1].item() == pytest.approx(4.04e-5, rel=1e-2)
     assert s.sigmas[0].item() == pytest.approx(0.0100, rel=1e-3)
     assert s.sigmas[-1].item() == pytest.approx(157.4, rel=1e-3)

@@ -1,4 +1,4 @@
-"""``midiffusion evaluate``: every method of the benchmark in one run (benchmark.md).
+"""``midiffusion evaluate``: every method of the benchmark in one run (docs/evaluation.md).
 
 Writes ``results.json``, ``results.md``, ``figure_<direction>.png`` and ``metrics.json`` into
 ``--out`` (``midiffusion.evaluation``).

@@ -2,13 +2,13 @@
 
 Training and sampling call the same function with the same settings (read from the model card),
 so the network sees at test time exactly the kind of maps it was trained on (the published code
-does not: it trains on NMI and samples with raw MI for 4 of 5 configs, algorithm.md 1.9-5).
+does not: it trains on NMI and samples with raw MI for 4 of 5 configs; docs/lmi.md).
 
 How the noisy state is shown to LMI (``state``):
 - ``"range_consistent"`` (clean): the VE state ``x0 + sigma * eps`` mapped from the model's data
   range to [0,1] and clipped. Early in sampling this is a clipped, mostly binary image; late it is
   the image itself. LMI always gets values in its working range, so there is no NMI = 2
-  saturation (algorithm.md 1.8, 7.2).
+  saturation (docs/lmi.md).
 - ``"raw_vp"`` (faithful): the VP state ``x_t`` itself, unclipped, as the published sampler does.
 """
 

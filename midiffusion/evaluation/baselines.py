@@ -1,4 +1,4 @@
-"""The benchmark's comparison methods (benchmark.md, "Methods compared").
+"""The benchmark's comparison methods (docs/evaluation.md).
 
 - ``identity``: the source itself, the floor.
 - ``histogram_map``: classical zero-shot translation. Inside the mask, every source pixel's rank

@@ -6,7 +6,7 @@ located with ``importlib.util.find_spec`` and loaded with ``torch.jit.load``: th
 code is never imported (it would try to download on a checksum mismatch, and pulls in
 dependencies we do not install).
 
-Preprocessing (benchmark.md): a [0,1] slice is resized to 299 x 299 (bilinear), replicated to
+Preprocessing (docs/evaluation.md): a [0,1] slice is resized to 299 x 299 (bilinear), replicated to
 three channels and scaled to [-1,1]; the extractor returns 2048 pool features per image.
 FID = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). It needs thousands of images to be
 stable; over a few dozen slices it is a coarse, noisy figure and is reported as such.

@@ -1,4 +1,4 @@
-"""The compared methods (benchmark.md, "Methods compared"), registered by name in table order.
+"""The compared methods (docs/evaluation.md), registered by name in table order.
 
 ``midiffusion`` (clean LMI, the model card's sampler, steps, guidance and intensity anchor;
 ``midiffusion-unanchored`` is the same samples before the anchor), ``faithful`` (published LMI +

@@ -1,4 +1,4 @@
-"""Image-quality metrics of the benchmark protocol (benchmark.md), on [0,1] images.
+"""Image-quality metrics of the benchmark protocol (docs/evaluation.md), on [0,1] images.
 
 SSIM uses the Gaussian window of Wang et al. 2004 (11 x 11, sigma 1.5, K1 = 0.01, K2 = 0.03) with
 data_range 1; PSNR uses a peak of 1. With a mask, every metric is computed over the mask's pixels

@@ -1,4 +1,4 @@
-"""The benchmark run (benchmark.md): every method on every direction, same slices and seed.
+"""The benchmark run (docs/evaluation.md): every method on every direction, same slices and seed.
 
 For each direction: run the methods (``methods.METHODS``), score every row per slice against the
 ground truth and the source, measure slice-to-slice consistency, FID where there is a ground

@@ -1,6 +1,6 @@
 """Faithful LMI: the published operator (``statistical_align``), same rules, any image size.
 
-What is reproduced (docs/algorithm.md section 1): intensities become trunc(255 v) as int32 (from
+What is reproduced (docs/lmi.md): intensities become trunc(255 v) as int32 (from
 float32, as published); K bins (default p^3) centred at linspace(0, 255, K); Gaussian kernel of
 standard deviation h = 2 sigma^2 = 8 grey levels; marginals are the mean kernel value over the P
 samples divided by (their sum + 1e-10); the joint is the sum of the P kernel outer products divided

@@ -1,6 +1,6 @@
 """The score network: a DDPM-style U-Net conditioned on ``[x_t, cross-LMI, self-LMI]``.
 
-As in the published model (algorithm.md 2.2), the two LMI maps are concatenated to the noisy
+As in the published model, the two LMI maps are concatenated to the noisy
 image as extra input channels, the timestep enters every residual block through a sinusoidal
 embedding, and the output is the predicted noise epsilon. The source image's intensities never
 enter the network, only its LMI maps: that is what makes the prior modality-agnostic.

@@ -6,7 +6,7 @@ the VE state ``x = y0 + sigma * eps``; compute the condition with the model's ow
 LMI sees it, and the self-LMI of y0, banked once per slice since flips commute with LMI); drop the
 condition for ``cond_dropout`` of the batch; regress epsilon.
 
-Differences from the published recipe (algorithm.md 2.3, 7.8), on purpose: data in [-1,1]; no blur
+Differences from the published recipe, on purpose: data in [-1,1]; no blur
 augmentation; no time-delay trick (sampling has none either); per-pixel mean instead of a sum;
 EMA 0.999 (fits 10-20k steps); condition dropout for guidance and the SDEdit baseline.
 

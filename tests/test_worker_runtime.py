@@ -93,4 +93,5 @@ def test_corrupt_weights_fail_the_job_with_the_reason(
     job = runtime.jobs.get(job_id)
     assert job is not None and job.error is not None
     assert job.error.code == "model_integrity" and "sha256" in job.error.message
+    assert str(tmp_path) not in job.error.message  # no server path reaches the user
     assert runtime.storage.exists(job.spec.input_key)  # a failing job keeps its input

@@ -174,15 +174,21 @@ class WorkerRuntime:
             return JobState.FAILED, JobError("invalid_input", str(exc)), None
         except ModelNotFoundError as exc:
             return JobState.FAILED, JobError("model_not_found", str(exc)), None
-        except ModelIntegrityError as exc:
-            return JobState.FAILED, JobError("model_integrity", str(exc)), None
-        except Exception as exc:
-            log.exception("job %s failed", job.id)
-            return (
-                JobState.FAILED,
-                JobError("internal_error", f"the worker failed: {type(exc).__name__}: {exc}"),
-                None,
+        except ModelIntegrityError:
+            # the registry's message names files on the server: it goes to the log only
+            log.exception("job %s: model %s failed its check", job.id, spec.model_name)
+            message = (
+                f"model {spec.model_name} v{spec.model_version} failed its integrity check (its "
+                "weights' sha256 does not match its card, or a file is missing); the operators "
+                "must restore or re-import it"
             )
+            return JobState.FAILED, JobError("model_integrity", message), None
+        except Exception:
+            log.exception("job %s failed", job.id)  # the details are for the operators
+            message = (
+                "the worker could not finish this job (an internal error, logged for the operators)"
+            )
+            return JobState.FAILED, JobError("internal_error", message), None
 
     def _write_output(self, job: JobRecord, out: Any) -> JobOutput:
         import nibabel as nib

@@ -8,6 +8,7 @@ result backend is not used. Every state change is one atomic step (a Lua script 
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
@@ -57,6 +58,8 @@ class JobOutput:
     filename: str
     content_type: str
     bytes: int
+    # where the input lay outside what the model was trained on (one sentence each)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ def record_from_fields(job_id: str, f: dict[str, Any]) -> JobRecord:
             filename=f["output_filename"],
             content_type=f["output_content_type"],
             bytes=int(f["output_bytes"]),
+            warnings=tuple(json.loads(f.get("output_warnings") or "[]")),
         )
     return JobRecord(
         id=job_id,
@@ -235,5 +239,6 @@ def finish_fields(error: JobError | None, output: JobOutput | None) -> dict[str,
             output_filename=output.filename,
             output_content_type=output.content_type,
             output_bytes=str(output.bytes),
+            output_warnings=json.dumps(list(output.warnings)),
         )
     return fields

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_filename TEXT,
     output_content_type TEXT,
     output_bytes INTEGER,
+    output_warnings TEXT,
     worker TEXT,
     idem_key TEXT UNIQUE,
     fingerprint TEXT,
@@ -61,6 +62,8 @@ class SQLiteJobStore(JobStore):
         columns = {row["name"] for row in self._db().execute("PRAGMA table_info(jobs)")}
         if "sent" not in columns:  # a file from before the column: its jobs' tasks were sent
             self._db().execute("ALTER TABLE jobs ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")
+        if "output_warnings" not in columns:  # a file from before the column: no warnings
+            self._db().execute("ALTER TABLE jobs ADD COLUMN output_warnings TEXT")
 
     def _db(self) -> sqlite3.Connection:
         # One connection per thread: sqlite3 connections must not be shared across threads.

@@ -81,6 +81,8 @@ class JobOut(BaseModel):
     cancel_requested: bool
     error: JobErrorOut | None
     result: JobResultOut | None
+    # where the input lay outside what the model was trained on: read the result with care
+    warnings: list[str] = []
     links: dict[str, str]
 
 
@@ -135,6 +137,7 @@ def job_out(job: JobRecord, *, now: float) -> JobOut:
         cancel_requested=job.cancel_requested,
         error=JobErrorOut(code=job.error.code, message=job.error.message) if job.error else None,
         result=result,
+        warnings=list(job.output.warnings) if job.output is not None else [],
         links=links,
     )
 

@@ -182,3 +182,34 @@ def test_a_160x160_png_slice_through_the_command_line(tiny_model_store, tmp_path
     assert out.shape == (160, 160)
     fg = data > 0.1 * data.max()
     assert (out[fg] > 0).mean() > 0.9 and not out[~ndimage.binary_dilation(fg, iterations=2)].any()
+
+
+def test_inputs_outside_the_training_data_are_named(translator):
+    """The tiny model was trained on small axial brains: each way out of that is one warning."""
+    from midiffusion.pipeline.translate import input_warnings
+
+    def warnings_for(img: nib.Nifti1Image) -> list[str]:
+        plan, _ras, mask = plan_slices(img, _as_volume(img), translator.grid)
+        grid_mask = plan.to_grid(mask.astype(np.float32)) > 0.5
+        return input_warnings(plan, grid_mask, translator.card)
+
+    assert warnings_for(nib.Nifti1Image(phantom((150, 170, 30)), np.eye(4))) == []
+    head = warnings_for(nib.Nifti1Image(phantom((200, 240, 30)), np.eye(4)))  # 271 cm^2
+    assert len(head) == 1 and "whole head" in head[0] and "skull-stripped" in head[0]
+    coronal = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    (plane,) = warnings_for(nib.Nifti1Image(phantom((150, 170, 1)), coronal))
+    assert "coronal slice" in plane
+    coarse = warnings_for(nib.Nifti1Image(phantom((40, 40, 10)), np.diag([4.0, 4.0, 4.0, 1])))
+    assert any("4.0 mm" in w for w in coarse)
+    body = warnings_for(nib.Nifti1Image(phantom((200, 200, 10)), np.diag([2.0, 2.0, 5.0, 1])))
+    assert any("field of view" in w for w in body)
+
+
+def test_the_command_line_prints_the_warnings(tiny_model_store, tmp_path, capsys):
+    from midiffusion.cli.main import main
+
+    coronal = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(phantom((150, 170, 1)), coronal), tmp_path / "cor.nii.gz")
+    args = ["translate", str(tmp_path / "cor.nii.gz"), "--store", str(tiny_model_store.root)]
+    assert main([*args, "--quiet", "--steps", "2", "-o", str(tmp_path / "out.nii.gz")]) == 0
+    assert "warning: the input is a coronal slice" in capsys.readouterr().err

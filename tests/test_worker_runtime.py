@@ -95,3 +95,29 @@ def test_corrupt_weights_fail_the_job_with_the_reason(
     assert job.error.code == "model_integrity" and "sha256" in job.error.message
     assert str(tmp_path) not in job.error.message  # no server path reaches the user
     assert runtime.storage.exists(job.spec.input_key)  # a failing job keeps its input
+
+
+def test_an_input_outside_the_training_data_is_translated_with_warnings_on_the_record(
+    tmp_path: Path, tiny_model_store
+) -> None:
+    import nibabel as nib
+    import numpy as np
+    from test_translate_inputs import phantom
+
+    from service.schemas import job_out
+
+    # one sagittal slice of 4 mm pixels: two ways outside what the tiny model was trained on
+    sagittal = np.array([[0, 0, 1.0, 0], [4.0, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 0, 1]])
+    source = tmp_path / "sag.nii.gz"
+    nib.save(nib.Nifti1Image(phantom((40, 40, 1)), sagittal), source)  # 16 cm across
+    runtime = _runtime(tmp_path, tiny_model_store.root)
+    job_id = _submit(runtime, source, steps=2)
+    assert runtime.run_job(job_id) == "succeeded"
+    job = runtime.jobs.get(job_id)
+    assert job is not None and job.output is not None
+    warnings = job_out(job, now=time.time()).warnings
+    assert len(warnings) == 2
+    assert "sagittal slice" in warnings[0] and "4.0 mm" in warnings[1]
+    plain = _submit(runtime, write_nifti(tmp_path / "t2.nii.gz", (32, 32, 2)), steps=2)
+    assert runtime.run_job(plain) == "succeeded"
+    assert job_out(runtime.jobs.get(plain), now=time.time()).warnings == []

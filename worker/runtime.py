@@ -150,14 +150,16 @@ class WorkerRuntime:
         try:
             translator = self.translator(spec.model_name, spec.model_version)
             image = nib.load(self.storage.path(spec.input_key))
+            warnings: list[str] = []
             out = translator.translate(
                 image,
                 steps=spec.steps,
                 seed=spec.seed,
                 progress=progress,
                 should_cancel=should_cancel,
+                warn=warnings.append,
             )
-            return JobState.SUCCEEDED, None, self._write_output(job, out)
+            return JobState.SUCCEEDED, None, self._write_output(job, out, tuple(warnings))
         except TranslationCancelled:
             if deadline.hit:
                 return (
@@ -190,7 +192,7 @@ class WorkerRuntime:
             )
             return JobState.FAILED, JobError("internal_error", message), None
 
-    def _write_output(self, job: JobRecord, out: Any) -> JobOutput:
+    def _write_output(self, job: JobRecord, out: Any, warnings: tuple[str, ...]) -> JobOutput:
         import nibabel as nib
 
         suffix = ".png" if job.spec.output_format == "png" else ".nii.gz"
@@ -213,4 +215,5 @@ class WorkerRuntime:
             filename=output_filename(job.spec.input_filename, job.spec.model_name, suffix),
             content_type=CONTENT_TYPES[suffix],
             bytes=self.storage.size(key),
+            warnings=warnings,
         )

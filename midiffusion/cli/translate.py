@@ -185,6 +185,7 @@ def translate_file(args: argparse.Namespace) -> Path:
             batch_size=args.batch_size,
             anchor=ANCHOR_CHOICES[args.anchor],
             progress=progress,
+            warn=lambda message: bar.write(f"warning: {message}", file=sys.stderr),
         )
     if out_kind == "png":
         return save_png(np.asarray(result.dataobj, np.float32).squeeze(), args.output)

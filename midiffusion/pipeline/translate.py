@@ -36,7 +36,12 @@ from midiffusion.diffusion.samplers import get_sampler, noise_source, shared_noi
 from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.io.imaging import output_like
 from midiffusion.model.unet import UNet, UNetConfig
-from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES, anchor_for, anchor_mean
+from midiffusion.pipeline.intensity import (
+    MIN_ANCHOR_SLICES,
+    anchor_for,
+    anchor_mean,
+    is_whole_head,
+)
 from midiffusion.pipeline.precision import resolve_precision
 from model_store.card import MIN_INPLANE, ModelCard
 
@@ -195,6 +200,53 @@ def plan_slices(
     return plan, x01, mask
 
 
+# what the shipped training data spans (t1-train): 1 mm voxels; fields of view of a brain or a
+# head; axial slices
+COARSE_VOXEL_MM = 3.0
+LARGEST_FOV_MM = 300.0
+
+
+def _trained_on_heads(card: ModelCard) -> bool:
+    """Whether the card's training data held whole heads (t1-train's ``<subject>_head``)."""
+    files = card.training.get("data", {}).get("files", [])
+    return card.sampling.anchor_mean_head is not None or any("_head." in f for f in files)
+
+
+def input_warnings(plan: SlicePlan, grid_mask: np.ndarray, card: ModelCard) -> list[str]:
+    """Sentences saying where an input lies outside what ``card``'s model was trained on.
+
+    The model still runs: these are for the person who reads the result. ``grid_mask`` is the
+    foreground on the model grid, (n, G, G)."""
+    out = []
+    name = f"{card.name} v{card.version}"
+    if is_whole_head(grid_mask, plan.pixel_mm2) and not _trained_on_heads(card):
+        out.append(
+            f"the input looks like a whole head, but {name} was trained on skull-stripped brains "
+            "only: scalp, skull and face will not be translated faithfully (strip the skull "
+            "first, or use a model trained on heads)"
+        )
+    if plan.slice_axis != 2:
+        plane = "sagittal" if plan.slice_axis == 0 else "coronal"
+        out.append(
+            f"the input is a {plane} slice, but {name} was trained on axial slices: it is "
+            "translated as if it were axial"
+        )
+    in_plane = [a for a in range(3) if a != plan.slice_axis]
+    coarse = float(voxel_sizes(plan.ras_affine)[in_plane].max())
+    if coarse > COARSE_VOXEL_MM:
+        out.append(
+            f"the input's in-plane voxels are {coarse:.1f} mm, much coarser than the 1 mm "
+            f"training data of {name}: fine anatomy will be guessed"
+        )
+    fov = float(voxel_sizes(plan.grid.affine)[0] * plan.grid.shape[0])
+    if fov > LARGEST_FOV_MM:
+        out.append(
+            f"the foreground spans a {fov:.0f} mm field of view, more than a head: {name} knows "
+            "heads and brains, not other parts of the body"
+        )
+    return out
+
+
 def _draws_per_batch(slices: int, samples: int, batch_size: int) -> int:
     """How many of a slice batch's draws run together: the most that fit the batch size and
     divide ``samples`` evenly (1 when the slices alone fill the batch)."""
@@ -334,18 +386,28 @@ class Translator:
 
     # --- whole images -----------------------------------------------------------------------
     def translate(
-        self, image: nib.Nifti1Image, *, anchor: bool | None = None, **options: Any
+        self,
+        image: nib.Nifti1Image,
+        *,
+        anchor: bool | None = None,
+        warn: Callable[[str], None] | None = None,
+        **options: Any,
     ) -> nib.Nifti1Image:
         """Translate a NIfTI volume or slice; the output has the input's shape and geometry.
 
         ``anchor``: shift the volume to the card's intensity anchor; None (default) does so for
         volumes of at least ``MIN_ANCHOR_SLICES`` foreground slices, i.e. whole brains.
+        ``warn`` receives one sentence per way the input lies outside what the model was
+        trained on (:func:`input_warnings`), before sampling starts.
         ``options`` are those of :meth:`translate_slices` (steps, seed, sampler, guidance,
         samples, batch_size, progress, should_cancel)."""
         volume = _as_volume(image)
         plan, ras, ras_mask = plan_slices(image, volume, self.grid)
         src = plan.to_grid(ras)
         msk = plan.to_grid(ras_mask.astype(np.float32)) > 0.5
+        if warn is not None:
+            for message in input_warnings(plan, msk, self.card):
+                warn(message)
         keep = np.nonzero(msk.reshape(len(msk), -1).any(axis=1))[0]
         result = np.zeros_like(src)
         if len(keep):

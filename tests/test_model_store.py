@@ -173,12 +173,21 @@ def test_models_import_and_default_on_the_command_line(tiny_model_store, tmp_pat
     assert "NAME:VERSION" in capsys.readouterr().out
 
 
-def test_the_shipped_card_validates_unchanged():
-    raw = json.loads((SHIPPED_ROOT / "t1w" / "9" / "model.json").read_text())
+@pytest.mark.parametrize("path", sorted(SHIPPED_ROOT.glob("*/*/model.json")), ids=str)
+def test_the_shipped_cards_validate_unchanged(path):
+    raw = json.loads(path.read_text())
     card = ModelCard.model_validate(raw)
     assert json.loads(card.model_dump_json(exclude_unset=True)) == raw
-    assert card.sampling.anchor_mean_head is None and card.sampling.samples == 4
+    assert card.sampling.samples == 4 and card.sampling.antithetic
     assert card.conditioning.lmi.mode == card.lmi_mode() == "clean"
+
+
+def test_the_shipped_default_is_an_alias_to_a_verified_model():
+    store = ModelStore(SHIPPED_ROOT)
+    name, version = store.default_ref()
+    assert version is not None  # named explicitly, not "the highest number"
+    assert store.verified(name).card.version == version
+    assert len(list(SHIPPED_ROOT.glob("*/*/weights.safetensors"))) <= 2
 
 
 @pytest.mark.parametrize(

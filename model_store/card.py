@@ -25,6 +25,17 @@ SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
 MIN_INPLANE = 16
 
 
+def affine_is_degenerate(affine: Any) -> bool:
+    """Whether a voxel-to-world affine cannot place voxels in space: a zero voxel size, or two
+    voxel axes mapped onto one line (a near-zero determinant relative to the voxel sizes). The
+    gateway refuses such uploads and the worker such images, with the same rule."""
+    import numpy as np
+
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    sizes = np.sqrt((linear**2).sum(axis=0))
+    return bool(sizes.min() <= 0 or abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(sizes)))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from model_store.card import MIN_INPLANE
+from model_store.card import MIN_INPLANE, affine_is_degenerate
 
 ACCEPTED = (
     "a single-file NIfTI-1 or NIfTI-2 image (.nii or .nii.gz) holding one 2D slice or one 3D "
@@ -150,9 +150,7 @@ def check_nifti(path: Path, *, output_format: str = "nifti") -> NiftiSummary:
     zooms = tuple(float(z) for z in header.get_zooms()[: len(shape)])
     if not all(np.isfinite(z) and z > 0 for z in zooms[: min(3, len(shape))]):
         raise NiftiRejected(f"voxel sizes {zooms} must be positive and finite (pixdim)")
-    linear = np.asarray(img.affine, dtype=np.float64)[:3, :3]
-    sizes = np.sqrt((linear**2).sum(axis=0))
-    if sizes.min() <= 0 or abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(sizes)):
+    if affine_is_degenerate(img.affine):
         raise NiftiRejected(
             "the image affine (qform/sform) is degenerate: it maps two voxel axes onto one line "
             "or an axis to a point; accepted is an affine with three independent axes"

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import redis
@@ -31,6 +30,7 @@ from test_service_support import (
     gateway_settings,
     iter_partials,
     redis_db,
+    with_sform,
     write_nifti,
 )
 
@@ -218,15 +218,6 @@ def test_truncated_nifti_is_422(gateway: Gateway, tmp_path: Path) -> None:
     assert "truncated" in body["detail"]
 
 
-def _with_sform(data: np.ndarray, sform: np.ndarray, path: Path) -> Path:
-    header = nib.Nifti1Header()
-    for row, name in enumerate(("srow_x", "srow_y", "srow_z")):
-        header[name] = sform[row]
-    header["sform_code"], header["qform_code"] = 2, 0
-    nib.save(nib.Nifti1Image(data, None, header), path)  # no affine: the header's is kept
-    return path
-
-
 @pytest.mark.parametrize(
     ("data", "sform", "needle"),
     [
@@ -240,9 +231,8 @@ def test_constant_images_and_degenerate_affines_are_422(
 ) -> None:
     data = np.random.default_rng(0).random((64, 64, 3), np.float32) if data is None else data
     for name in ("bad.nii", "bad.nii.gz"):
-        body = assert_problem(
-            gateway.submit(_with_sform(data, sform, tmp_path / name)), 422, "invalid-nifti"
-        )
+        with_sform(data, sform, tmp_path / name)
+        body = assert_problem(gateway.submit(tmp_path / name), 422, "invalid-nifti")
         assert needle in body["detail"]
     assert files_under(gateway.storage) == []
     assert gateway.queued_messages() == []

@@ -53,6 +53,17 @@ def write_nifti(path: Path, shape: tuple[int, ...] = (32, 32, 3), **kwargs: Any)
     return path
 
 
+def with_sform(data: np.ndarray, sform: np.ndarray, path: Path) -> nib.Nifti1Image:
+    """A NIfTI file whose header's sform is ``sform`` as written, however broken (nibabel
+    refuses to build such an image in memory, but a scanner's converter can write one)."""
+    header = nib.Nifti1Header()
+    for row, name in enumerate(("srow_x", "srow_y", "srow_z")):
+        header[name] = sform[row]
+    header["sform_code"], header["qform_code"] = 2, 0
+    nib.save(nib.Nifti1Image(data, None, header), path)  # no affine: the header's is kept
+    return nib.load(path)
+
+
 def gateway_settings(
     storage_dir: Path, model_dir: Path, redis_url: str | None, **overrides: Any
 ) -> GatewaySettings:

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+from test_service_support import with_sform
 
 from midiffusion.data.geometry import plan_grid, resample, slice_grid
 from midiffusion.pipeline.translate import (
@@ -112,17 +113,6 @@ def test_masks_are_made_in_the_slice_plane_of_a_sagittal_series():
     _plan, _ras, mask = plan_slices(img, _as_volume(img), 64)
     hole = np.hypot(xx - 30, yy - 30) < 12
     assert mask[hole, 20].all()
-
-
-def with_sform(data: np.ndarray, sform: np.ndarray, path) -> nib.Nifti1Image:
-    """A NIfTI file whose header's sform is ``sform`` as written, however broken (nibabel
-    refuses to build such an image in memory, but a scanner's converter can write one)."""
-    header = nib.Nifti1Header()
-    for row, name in enumerate(("srow_x", "srow_y", "srow_z")):
-        header[name] = sform[row]
-    header["sform_code"], header["qform_code"] = 2, 0
-    nib.save(nib.Nifti1Image(data, None, header), path)  # no affine: the header's is kept
-    return nib.load(path)
 
 
 SINGULAR = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])

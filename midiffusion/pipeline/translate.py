@@ -43,7 +43,7 @@ from midiffusion.pipeline.intensity import (
     is_whole_head,
 )
 from midiffusion.pipeline.precision import resolve_precision
-from model_store.card import MIN_INPLANE, ModelCard
+from model_store.card import MIN_INPLANE, ModelCard, affine_is_degenerate
 
 # the data recipe's field of view, so inference sees brains at the scale training saw them
 FOV_MARGIN = Recipe().fov_margin
@@ -132,9 +132,7 @@ def check_affine(affine: np.ndarray) -> None:
     affine = np.asarray(affine, dtype=np.float64)
     if not np.isfinite(affine).all():
         raise TranslationInputError("the image affine (qform/sform) holds NaN or infinite values")
-    linear = affine[:3, :3]
-    sizes = voxel_sizes(affine)
-    if sizes.min() <= 0 or abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(sizes)):
+    if affine_is_degenerate(affine):
         raise TranslationInputError(
             "the image affine is degenerate (it maps two voxel axes onto one line or an axis to "
             "a point): accepted is an affine with three independent axes of non-zero voxel size"

@@ -18,14 +18,8 @@ import nibabel as nib
 import numpy as np
 
 from midiffusion.data import head_synth
-from midiffusion.data.geometry import canonical, plan_grid, resample, resample_mask
-from midiffusion.data.intensity import scale_to_unit
-from midiffusion.data.masks import head_mask
-from midiffusion.data.mni_synth import synthesise
-from midiffusion.data.nifti import load_nifti
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.sets import data_dir
-from midiffusion.data.sources import source_by_name, source_file
 from midiffusion.pipeline.translate import Translator
 from model_store import ModelStore
 
@@ -35,21 +29,8 @@ import matplotlib.pyplot as plt
 
 def held_out_head(slice_mm: float, size: int = 160) -> dict[str, nib.Nifti1Image]:
     """T1 truth, T2w source and head mask of the held-out head on a ``slice_mm`` axial slab."""
-    recipe = Recipe()
-    src = source_by_name(head_synth.SOURCE)
-    t1, affine = canonical(load_nifti(source_file(data_dir(), src, "t1"), src.name))
-    head = head_mask(t1)
-    brain = head_synth.brain_of_head(t1, head)
-    grid = plan_grid(head, affine, size, recipe.fov_margin, recipe.min_area_frac, slice_mm=slice_mm)
-    mask = resample_mask(head, affine, grid)
-    probs = head_synth.tissue_probabilities(t1, head, brain)
-    probs_g = {k: resample(v, affine, grid) * mask for k, v in probs.items()}
-    truth = scale_to_unit(resample(t1, affine, grid), mask, recipe.percentile)
-    t2w = synthesise(probs_g, mask, "t2w", 100, recipe)
-    return {
-        name: nib.Nifti1Image(data.astype(np.float32), grid.affine)
-        for name, data in (("t1", truth), ("t2w", t2w), ("mask", mask))
-    }
+    vols, affine = head_synth.on_grid(data_dir(), Recipe(), size=size, slice_mm=slice_mm)
+    return {k: nib.Nifti1Image(vols[k].astype(np.float32), affine) for k in ("t1", "t2w", "mask")}
 
 
 def three_planes(volume: np.ndarray) -> list[np.ndarray]:

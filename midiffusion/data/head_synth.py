@@ -86,7 +86,16 @@ def tissue_probabilities(
     return {k: v.astype(np.float32) for k, v in probs.items()}
 
 
-def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> BuiltSet:
+def on_grid(
+    root: Path,
+    recipe: Recipe,
+    size: int | None = None,
+    slice_mm: float | None = None,
+    n_slices: int | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The held-out head on a head-sized ``size`` grid (default: the recipe's) with
+    ``slice_mm`` spacing or ``n_slices`` planes: t1 (the truth), t2w, pdw, flair in [0, 1], and
+    the uint8 head and brain masks; and the grid's affine."""
     src = source_by_name(SOURCE)
     t1, affine = canonical(load_nifti(source_file(root, src, "t1"), src.name))
     head = head_mask(t1)
@@ -94,27 +103,38 @@ def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> Bui
     grid = plan_grid(
         head,
         affine,
-        recipe.grid,
+        size or recipe.grid,
         recipe.fov_margin,
         recipe.min_area_frac,
-        n_slices=recipe.synth_slices,
+        slice_mm=slice_mm,
+        n_slices=n_slices,
     )
     mask = resample_mask(head, affine, grid)
-    t1_g = resample(t1, affine, grid)
     probs = tissue_probabilities(t1, head, brain)
     probs_g = {k: resample(v, affine, grid) * mask for k, v in probs.items()}
+    out = {"t1": scale_to_unit(resample(t1, affine, grid), mask, recipe.percentile)}
+    for index, name in enumerate(("t2w", "pdw", "flair")):
+        out[name] = synthesise(probs_g, mask, name, 100 + index, recipe)
+    out["mask"] = mask
+    out["brain"] = resample_mask(brain, affine, grid)
+    return out, grid.affine
+
+
+def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> BuiltSet:
+    vols, affine = on_grid(root, recipe, n_slices=recipe.synth_slices)
+    modality = {"t1": "T1w", **MODALITY, "mask": "mask", "brain": "mask"}
     volumes = [
         Volume(
-            "t1", "image", "T1w", scale_to_unit(t1_g, mask, recipe.percentile), grid.affine, SOURCE
+            key,
+            "mask" if key in ("mask", "brain") else "image",
+            modality[key],
+            data,
+            affine,
+            SOURCE,
         )
+        for key, data in vols.items()
     ]
-    for index, name in enumerate(("t2w", "pdw", "flair")):
-        image = synthesise(probs_g, mask, name, 100 + index, recipe)
-        volumes.append(Volume(name, "image", MODALITY[name], image, grid.affine, SOURCE))
-    volumes.append(Volume("mask", "mask", "mask", mask, grid.affine, SOURCE))
-    volumes.append(
-        Volume("brain", "mask", "mask", resample_mask(brain, affine, grid), grid.affine, SOURCE)
-    )
+    mask = vols["mask"]
     log(f"  head-synth: {mask.shape[2]} slices of {mask.shape[0]}x{mask.shape[1]}, whole head")
     notes = [
         "held-out head (pydeface mean head, never in t1-train); t1 is the ground truth",

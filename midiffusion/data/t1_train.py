@@ -62,6 +62,9 @@ def t1_on_grid(
     return scale_to_unit(img, msk, recipe.percentile), msk, grid.affine
 
 
+# a subject's whole-head volume is ``<subject>_head``, beside its brain ``<subject>``
+HEAD_SUFFIX = "_head"
+
 Subject = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -131,8 +134,8 @@ def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> Bui
         )
         volumes.append(Volume(key, "image", "T1w", img, grid_affine, source))
         volumes.append(Volume(f"{key}_mask", "mask", "mask", msk, grid_affine, source))
-        volumes.append(Volume(f"{key}_head", "image", "T1w", head_img, head_affine, source))
+        volumes.append(Volume(f"{key}{HEAD_SUFFIX}", "image", "T1w", head_img, head_affine, source))
         volumes.append(
-            Volume(f"{key}_head_mask", "mask", "mask", head_grid_msk, head_affine, source)
+            Volume(f"{key}{HEAD_SUFFIX}_mask", "mask", "mask", head_grid_msk, head_affine, source)
         )
     return BuiltSet("training", volumes, sorted({v.source for v in volumes}), list(NOTES))

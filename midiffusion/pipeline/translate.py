@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from midiffusion.data.geometry import Grid, canonical, resample, slice_grid, voxel_sizes
 from midiffusion.data.recipe import Recipe
+from midiffusion.data.t1_train import HEAD_SUFFIX
 from midiffusion.diffusion.conditioning import ConditioningSpec
 from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.diffusion.samplers import get_sampler, noise_source, shared_noise_for_draws
@@ -207,7 +208,7 @@ LARGEST_FOV_MM = 300.0
 def _trained_on_heads(card: ModelCard) -> bool:
     """Whether the card's training data held whole heads (t1-train's ``<subject>_head``)."""
     files = card.training.get("data", {}).get("files", [])
-    return card.sampling.anchor_mean_head is not None or any("_head." in f for f in files)
+    return card.sampling.anchor_mean_head is not None or any(f"{HEAD_SUFFIX}." in f for f in files)
 
 
 def input_warnings(plan: SlicePlan, grid_mask: np.ndarray, card: ModelCard) -> list[str]:

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 
 MANIFEST = "manifest.json"
-HEAD_SUFFIX = "_head"  # t1-train's whole-head volumes: <subject>_head.nii.gz
 
 
 def load_training_slices(data_dir: Path, grid: int) -> tuple[np.ndarray, dict]:

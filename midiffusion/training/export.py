@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
+from midiffusion.data.t1_train import HEAD_SUFFIX
 from midiffusion.diffusion.conditioning import ConditioningSpec
 from midiffusion.pipeline.intensity import foreground_mean
 from midiffusion.training import checkpoint
 from midiffusion.training.config import TrainConfig
-from midiffusion.training.data import HEAD_SUFFIX, load_training_slices
+from midiffusion.training.data import load_training_slices
 from midiffusion.training.trainer import LOSS_LOG
 from model_store.files import atomic_path
 

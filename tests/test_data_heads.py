@@ -24,6 +24,7 @@ SMALL = Recipe(grid=64, synth_slices=12)
 def head_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cache")
     fetch_source(root, source_by_name("pydeface-mean"))
+    fetch_source(root, source_by_name("colin27"))
     return root
 
 
@@ -56,6 +57,27 @@ def test_head_synth_is_a_whole_head_with_plausible_tissues(head_root: Path) -> N
     # T1: the brain's brightest part (white matter) is brighter than CSF-rich tissue on T2w
     t1, t2 = vols["t1"][brain], vols["t2w"][brain]
     assert np.corrcoef(t1, t2)[0, 1] < 0
+
+
+def test_head_tune_is_a_tuning_set_that_training_and_reports_leave_alone(
+    head_root: Path,
+) -> None:
+    from midiffusion.evaluation.runner import EvalSettings
+    from midiffusion.training.data import load_training_slices
+
+    path = build_set("head-tune", head_root, SMALL, log=lambda _m: None)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["kind"] == "tuning"
+    assert list(manifest["sources"]) == ["colin27"]
+    vols = {k: np.asarray(v.dataobj) for k, v in load_volumes("head-tune", head_root).items()}
+    synth = {k: np.asarray(v.dataobj) for k, v in load_volumes("head-synth", head_root).items()}
+    assert list(vols) == list(synth)
+    head, brain = vols["mask"] > 0, vols["brain"] > 0
+    assert head.sum() > 1.4 * brain.sum()  # a whole head, like head-synth, of another subject
+    assert not np.array_equal(vols["t1"], synth["t1"])
+    with pytest.raises(ValueError, match="not a training set"):
+        load_training_slices(path, SMALL.grid)
+    assert "head-tune" not in EvalSettings().protocols  # chosen on, never reported
 
 
 def test_t1_train_holds_brains_and_heads() -> None:

@@ -187,7 +187,8 @@ def test_training_refuses_an_evaluation_set(tiny_training_set, tmp_path, capsys)
     run = ["train", "--config", "tiny", "--iterations", "1", "--out", str(tmp_path / "run")]
     assert main([*run, "--data", str(evaluation)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "evaluation set" in err
+    assert err.startswith("error: ") and "\n" not in err
+    assert "not a training set" in err and "'evaluation'" in err
     assert not (tmp_path / "run").exists()
     # a training set's manifest, and a plain folder of volumes without one, are accepted
     (evaluation / "manifest.json").write_text(json.dumps({"set": "t1-train", "kind": "training"}))

@@ -115,6 +115,25 @@ def test_masks_are_made_in_the_slice_plane_of_a_sagittal_series():
     assert mask[hole, 20].all()
 
 
+def test_dark_tissue_inside_a_broken_scalp_is_kept():
+    """A head's face and skull base are dark in many contrasts; where the bright scalp around
+    them has a gap (a nostril, an ear), the mask must still keep what the scalp encloses."""
+    a0, a1 = np.mgrid[:160, :160]
+    r = np.hypot((a1 - 80) / 0.8, a0 - 80)
+    slice2d = np.zeros((160, 160), np.float32)
+    slice2d[r < 45] = 500.0  # the brain
+    slice2d[(r >= 45) & (r <= 60)] = 15.0  # bone and dark muscle: under the threshold
+    slice2d[(r > 60) & (r < 66)] = 800.0  # the scalp, 6 px thick
+    slice2d[79:82, 120:] = 0.0  # a 3-pixel gap through the scalp, open to the air
+    data = np.repeat(slice2d[:, :, None], 4, axis=2)
+    img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0]))
+    _plan, _ras, mask = plan_slices(img, _as_volume(img), 128)
+    enclosed = (r >= 46) & (r <= 59)
+    for k in range(4):
+        assert mask[:, :, k][enclosed].mean() > 0.98
+        assert not mask[:, :, k][r > 72].any()  # and no air outside the head
+
+
 SINGULAR = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
 
 

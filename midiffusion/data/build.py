@@ -35,6 +35,7 @@ BUILDERS: dict[str, str] = {
     "mni-synth": "midiffusion.data.mni_synth",
     "ct-real": "midiffusion.data.ct_real",
     "head-synth": "midiffusion.data.head_synth",
+    "head-tune": "midiffusion.data.head_tune",
 }
 
 SLICE_CONVENTION = (

@@ -92,12 +92,17 @@ def on_grid(
     size: int | None = None,
     slice_mm: float | None = None,
     n_slices: int | None = None,
+    subject: tuple[str, str] = (SOURCE, "t1"),
+    seed: int = 100,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The held-out head on a head-sized ``size`` grid (default: the recipe's) with
-    ``slice_mm`` spacing or ``n_slices`` planes: t1 (the truth), t2w, pdw, flair in [0, 1], and
-    the uint8 head and brain masks; and the grid's affine."""
-    src = source_by_name(SOURCE)
-    t1, affine = canonical(load_nifti(source_file(root, src, "t1"), src.name))
+    """A whole head (default: the held-out one) on a head-sized ``size`` grid (default: the
+    recipe's) with ``slice_mm`` spacing or ``n_slices`` planes: t1 (the truth), t2w, pdw, flair
+    in [0, 1], and the uint8 head and brain masks; and the grid's affine.
+
+    ``subject``: (source name, file key) of the T1 head; ``seed``: the first source's noise
+    seed (the next sources take the following ones)."""
+    src = source_by_name(subject[0])
+    t1, affine = canonical(load_nifti(source_file(root, src, subject[1]), src.name))
     head = head_mask(t1)
     brain = brain_of_head(t1, head)
     grid = plan_grid(
@@ -114,26 +119,30 @@ def on_grid(
     probs_g = {k: resample(v, affine, grid) * mask for k, v in probs.items()}
     out = {"t1": scale_to_unit(resample(t1, affine, grid), mask, recipe.percentile)}
     for index, name in enumerate(("t2w", "pdw", "flair")):
-        out[name] = synthesise(probs_g, mask, name, 100 + index, recipe)
+        out[name] = synthesise(probs_g, mask, name, seed + index, recipe)
     out["mask"] = mask
     out["brain"] = resample_mask(brain, affine, grid)
     return out, grid.affine
 
 
-def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> BuiltSet:
-    vols, affine = on_grid(root, recipe, n_slices=recipe.synth_slices)
+def head_volumes(vols: dict[str, np.ndarray], affine: np.ndarray, source: str) -> list[Volume]:
+    """The set's volumes from :func:`on_grid`'s arrays: images t1, t2w, pdw, flair; masks."""
     modality = {"t1": "T1w", **MODALITY, "mask": "mask", "brain": "mask"}
-    volumes = [
+    return [
         Volume(
             key,
             "mask" if key in ("mask", "brain") else "image",
             modality[key],
             data,
             affine,
-            SOURCE,
+            source,
         )
         for key, data in vols.items()
     ]
+
+
+def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> BuiltSet:
+    vols, affine = on_grid(root, recipe, n_slices=recipe.synth_slices)
     mask = vols["mask"]
     log(f"  head-synth: {mask.shape[2]} slices of {mask.shape[0]}x{mask.shape[1]}, whole head")
     notes = [
@@ -141,4 +150,4 @@ def build(root: Path, recipe: Recipe, log: Callable[[str], None] = print) -> Bui
         "t2w, pdw, flair synthesised from tissue classes estimated on the T1 (head_synth.py)",
         "mask is the whole head; brain is the estimated brain inside it",
     ]
-    return BuiltSet("evaluation", volumes, [SOURCE], notes)
+    return BuiltSet("evaluation", head_volumes(vols, affine, SOURCE), [SOURCE], notes)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 RECIPE_VERSION = 3
 
-SET_NAMES = ("t1-train", "mni-synth", "ct-real", "head-synth")
+SET_NAMES = ("t1-train", "mni-synth", "ct-real", "head-synth", "head-tune")
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ SOURCES: tuple[Source, ...] = (
         },
         deb_sha256="d40aa0ed66cf89bf6cafa049ad3884703c9d975c2ee2737525b7196528df9d6f",
         licence="Colin27 (Holmes et al. 1998, JCAT 22:324) via MRIcron, BSD-3; citation requested",
-        used_by=("t1-train",),
+        used_by=("t1-train", "head-tune"),
     ),
     Source(
         name="robex-atlas",

@@ -23,7 +23,7 @@ class Volume:
 class BuiltSet:
     """Everything a builder hands back: volumes, the sources used and notes for the manifest."""
 
-    kind: str  # "training" or "evaluation"
+    kind: str  # "training", "evaluation" or "tuning"
     volumes: list[Volume]
     sources: list[str]
     notes: list[str] = field(default_factory=list)

@@ -2,7 +2,8 @@
 
 Directions: T2w, PDw and FLAIR -> T1 on ``mni-synth`` (metrics against the MNI152 T1 inside the
 brain mask), the same three on ``head-synth`` (a held-out whole head; metrics inside the head)
-and CT -> T1 on ``ct-real`` (no ground truth: SSIM and NMI to the source only).
+and CT -> T1 on ``ct-real`` (no ground truth: SSIM and NMI to the source only). The same three
+MR directions on ``head-tune`` (a training subject's head) are for choosing settings only.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ DIRECTIONS: dict[str, tuple[str, str, str | None]] = {
     "head T2w->T1": ("head-synth", "t2w", "t1"),
     "head PDw->T1": ("head-synth", "pdw", "t1"),
     "head FLAIR->T1": ("head-synth", "flair", "t1"),
+    "tune T2w->T1": ("head-tune", "t2w", "t1"),
+    "tune PDw->T1": ("head-tune", "pdw", "t1"),
+    "tune FLAIR->T1": ("head-tune", "flair", "t1"),
 }
-PROTOCOLS = ("mni-synth", "ct-real", "head-synth")
+# the reporting protocols (the default); TUNING is where settings are chosen, never reported
+REPORTING = ("mni-synth", "ct-real", "head-synth")
+TUNING = ("head-tune",)
+PROTOCOLS = REPORTING + TUNING
 
 
 class EvaluationError(RuntimeError):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from midiffusion.evaluation import baselines, metrics
 from midiffusion.evaluation.directions import (
-    PROTOCOLS,
+    REPORTING,
     Direction,
     EvaluationError,
     direction_names,
@@ -54,7 +54,7 @@ __all__ = ["EvalSettings", "EvaluationError", "evaluate"]
 
 @dataclass
 class EvalSettings:
-    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    protocols: list[str] = field(default_factory=lambda: list(REPORTING))
     directions: list[str] | None = None  # default: every direction of the protocols
     methods: list[str] = field(default_factory=lambda: list(METHOD_GROUPS))
     model: str | None = None  # default: the store's default model

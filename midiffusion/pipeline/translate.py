@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from scipy import ndimage
 
 from midiffusion.data.geometry import Grid, canonical, resample, slice_grid, voxel_sizes
+from midiffusion.data.masks import largest_component
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.t1_train import HEAD_SUFFIX
 from midiffusion.diffusion.conditioning import ConditioningSpec
@@ -49,6 +50,7 @@ from model_store.card import MIN_INPLANE, ModelCard, affine_is_degenerate
 # the data recipe's field of view, so inference sees brains at the scale training saw them
 FOV_MARGIN = Recipe().fov_margin
 FOREGROUND_THRESHOLD = 0.05  # of the normalised intensity range
+MASK_CLOSING = 5  # radius (pixels) of the in-plane disk that closes gaps in a head's scalp
 
 
 class TranslationCancelled(Exception):
@@ -146,7 +148,8 @@ def normalise(volume: np.ndarray, slice_axis: int = 2) -> tuple[np.ndarray, np.n
     The 99.5th percentile of the foreground maps to 1, as in the data recipe; the background
     level (0 for skull-stripped MR, the 0.5th percentile otherwise) maps to 0. The mask's
     opening and hole filling act within each slice (a structuring element flat along
-    ``slice_axis``), so one- and two-slice images and the end slices of a volume keep their rim.
+    ``slice_axis``), so one- and two-slice images and the end slices of a volume keep their rim;
+    a closing before the filling keeps the dark tissue a head's scalp encloses.
     """
     lo = 0.0 if volume.min() >= 0 else float(np.percentile(volume, 0.5))
     x = volume - lo
@@ -157,16 +160,22 @@ def normalise(volume: np.ndarray, slice_axis: int = 2) -> tuple[np.ndarray, np.n
         raise TranslationInputError("the image is constant: there is nothing to translate")
     hi = float(np.percentile(x[x > FOREGROUND_THRESHOLD * rough], 99.5))
     x01 = np.clip(x / hi, 0, 1).astype(np.float32)
-    in_plane = ndimage.generate_binary_structure(3, 1)
-    in_plane[tuple(0 if a == slice_axis else slice(None) for a in range(3))] = False
-    in_plane[tuple(2 if a == slice_axis else slice(None) for a in range(3))] = False
+    in_plane = _in_plane(ndimage.generate_binary_structure(2, 1), slice_axis)
     mask = ndimage.binary_opening(x01 > FOREGROUND_THRESHOLD, structure=in_plane)
-    labels, n = ndimage.label(mask)
-    if n > 1:  # keep the largest connected component (drops speckle in noisy backgrounds)
-        sizes = ndimage.sum(mask, labels, range(1, n + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    mask = ndimage.binary_fill_holes(mask, structure=in_plane)
+    # a head's dark tissue (bone, sinus air, some muscle) lies inside the bright scalp: closing
+    # with a disk (a diamond's tips would slip through) bridges the scalp's thin gaps (nostrils,
+    # ears, a thin dark skin), and filling before keeping the largest part (which drops speckle
+    # in noisy backgrounds) keeps the scalp joined to what it encloses
+    r = MASK_CLOSING
+    disk = np.hypot(*np.mgrid[-r : r + 1, -r : r + 1]) <= r
+    closed = ndimage.binary_closing(mask, structure=_in_plane(disk, slice_axis), border_value=0)
+    mask = largest_component(ndimage.binary_fill_holes(mask | closed, structure=in_plane))
     return x01, mask
+
+
+def _in_plane(footprint2d: np.ndarray, slice_axis: int) -> np.ndarray:
+    """A 2D footprint as a 3D structure flat along ``slice_axis``: it acts within each slice."""
+    return np.expand_dims(footprint2d, slice_axis)
 
 
 def plan_slices(

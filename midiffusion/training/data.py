@@ -28,8 +28,8 @@ def load_training_slices(data_dir: Path, grid: int) -> tuple[np.ndarray, dict]:
     kind = manifest.get("kind")
     if kind not in (None, "training"):
         raise ValueError(
-            f"{data_dir} is an {kind} set (manifest.json): training on it would leak it into the "
-            "model; train on a training set such as t1-train"
+            f"{data_dir} is not a training set (its manifest.json says {kind!r}): training on it "
+            "would leak it into the model; train on a training set such as t1-train"
         )
     if not files:
         raise ValueError(

@@ -1,7 +1,7 @@
 """The benchmark run end to end on small real data: every method, every direction, its files.
 
-mni-synth and head-synth are built for real from the nilearn MNI152 files and pydeface's mean
-head on the tiny model's 32 x 32 grid;
+mni-synth, head-synth and head-synth-256 are built for real from the nilearn MNI152 files and
+pydeface's mean head on the tiny model's 32 x 32 grid (64 x 64 for head-synth-256);
 ct-real and t1-train are small synthetic sets written with the data module's own writer.
 """
 
@@ -48,7 +48,11 @@ def _write(root: Path, name: str, kind: str, volumes: list[Volume]) -> None:
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("evaldata")
-    for name, source in (("mni-synth", "mni152"), ("head-synth", "pydeface-mean")):
+    for name, source in (
+        ("mni-synth", "mni152"),
+        ("head-synth", "pydeface-mean"),
+        ("head-synth-256", "pydeface-mean"),  # twice the model's grid
+    ):
         fetch_source(root, source_by_name(source))
         build_set(name, root, Recipe(grid=GRID, synth_slices=3), log=lambda _m: None)
     affine = np.diag([4.0, 4.0, 2.0, 1.0])
@@ -88,6 +92,9 @@ def test_every_method_and_direction_is_reported(run) -> None:
         "head T2w->T1",
         "head PDw->T1",
         "head FLAIR->T1",
+        "head T2w->T1 @256",
+        "head PDw->T1 @256",
+        "head FLAIR->T1 @256",
     ]
     assert saved["model"]["name"] == "tiny" and saved["settings"]["seed"] == 0
     for name, entry in saved["directions"].items():
@@ -147,7 +154,7 @@ def test_markdown_table_and_figures(run) -> None:
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     metric_rows = [r for r in rows if r.count("|") == 12 and "direction" not in r]
-    assert len(metric_rows) == 7 * len(ROWS)
+    assert len(metric_rows) == 10 * len(ROWS)
     assert any("FLAIR->T1 | midiffusion | 2 | " in r and " ± " in r for r in metric_rows)
     assert any("faithful" in r and "not run" in r for r in metric_rows)
     assert "FID" in table and "noisy" in table
@@ -259,3 +266,27 @@ def test_antithetic_switch_overrides_the_card(tiny_model_store, data_root, tmp_p
     assert runs["on"]["settings"]["antithetic"] is True
     assert "mean of 2 samples in antithetic pairs" in (tmp_path / "on" / "results.md").read_text()
     assert "antithetic" not in (tmp_path / "off" / "results.md").read_text()
+
+
+def test_a_finer_set_is_translated_at_the_model_grid_and_scored_at_its_own(
+    tiny_model_store, data_root
+) -> None:
+    from midiffusion.evaluation.directions import load_directions
+    from midiffusion.evaluation.methods import METHODS, MethodContext
+    from midiffusion.pipeline.translate import Translator
+
+    fine, coarse = load_directions(["head T2w->T1 @256", "head T2w->T1"], 2, data_root, GRID)
+    assert fine.source.shape[1:] == (2 * GRID, 2 * GRID) and fine.factor == 2
+    assert coarse.source.shape[1:] == (GRID, GRID) and coarse.factor == 1
+    # the same head: averaging the fine slices gives the coarse set's grid, close to its slices
+    assert np.abs(fine.to_model_grid(fine.truth) - coarse.truth).mean() < 0.05
+    v = tiny_model_store.verified("tiny")
+    settings = EvalSettings(model="tiny", slices=2, steps=2, fid=False)
+    ctx = MethodContext(settings, Translator.load(v.card, v.weights_path), None, None, False)
+    rows = METHODS["midiffusion"].run(ctx, fine)
+    out = rows["midiffusion-unanchored"][0]
+    assert out.shape == fine.source.shape
+    assert not out[~fine.mask].any() and np.isfinite(out).all()
+    # scored at the fine grid: the output is the model-grid translation, brought back up
+    at_model = ctx.translator.translate_slices(fine.to_model_grid(fine.source), steps=2, seed=0)
+    np.testing.assert_allclose(out, fine.from_model_grid(at_model) * fine.mask, atol=1e-6)

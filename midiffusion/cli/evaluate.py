@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=PROTOCOLS,
         default=d.protocols,
         help="mni-synth (T2w/PDw/FLAIR -> T1, against MNI152 T1), head-synth (the same on a "
-        "held-out whole head) and/or ct-real (CT -> T1); head-tune (the same on a training "
+        "held-out whole head; head-synth-256 at twice the grid) and/or ct-real (CT -> T1); "
+        "head-tune (the same on a training "
         "subject's head) is for choosing settings, never for reporting",
     )
     parser.add_argument(

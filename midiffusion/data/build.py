@@ -35,6 +35,7 @@ BUILDERS: dict[str, str] = {
     "mni-synth": "midiffusion.data.mni_synth",
     "ct-real": "midiffusion.data.ct_real",
     "head-synth": "midiffusion.data.head_synth",
+    "head-synth-256": "midiffusion.data.head_synth_256",
     "head-tune": "midiffusion.data.head_tune",
 }
 

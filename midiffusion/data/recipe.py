@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 RECIPE_VERSION = 3
 
-SET_NAMES = ("t1-train", "mni-synth", "ct-real", "head-synth", "head-tune")
+SET_NAMES = ("t1-train", "mni-synth", "ct-real", "head-synth", "head-synth-256", "head-tune")
 
 
 @dataclass(frozen=True)

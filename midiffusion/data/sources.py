@@ -117,7 +117,7 @@ SOURCES: tuple[Source, ...] = (
         files={"t1": "data/mean_reg2mean.nii.gz"},
         sha256={"t1": "fdc13571d66293f9919648cd8de9a7b3491b12175e09336353d2c9ce0466ecb6"},
         licence="pydeface (Poldrack lab), MIT",
-        used_by=("head-synth",),
+        used_by=("head-synth", "head-synth-256"),
         note="the held-out whole head: never trained on",
     ),
     Source(

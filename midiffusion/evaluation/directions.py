@@ -2,8 +2,10 @@
 
 Directions: T2w, PDw and FLAIR -> T1 on ``mni-synth`` (metrics against the MNI152 T1 inside the
 brain mask), the same three on ``head-synth`` (a held-out whole head; metrics inside the head)
-and CT -> T1 on ``ct-real`` (no ground truth: SSIM and NMI to the source only). The same three
-MR directions on ``head-tune`` (a training subject's head) are for choosing settings only.
+and CT -> T1 on ``ct-real`` (no ground truth: SSIM and NMI to the source only). The head
+directions again on ``head-synth-256``, at about the scan's own resolution (twice the model's
+grid: the model translates at its grid, and the result is scored at the set's). The same three MR
+directions on ``head-tune`` (a training subject's head) are for choosing settings only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from midiffusion.data.geometry import voxel_sizes
 
@@ -24,12 +27,15 @@ DIRECTIONS: dict[str, tuple[str, str, str | None]] = {
     "head T2w->T1": ("head-synth", "t2w", "t1"),
     "head PDw->T1": ("head-synth", "pdw", "t1"),
     "head FLAIR->T1": ("head-synth", "flair", "t1"),
+    "head T2w->T1 @256": ("head-synth-256", "t2w", "t1"),
+    "head PDw->T1 @256": ("head-synth-256", "pdw", "t1"),
+    "head FLAIR->T1 @256": ("head-synth-256", "flair", "t1"),
     "tune T2w->T1": ("head-tune", "t2w", "t1"),
     "tune PDw->T1": ("head-tune", "pdw", "t1"),
     "tune FLAIR->T1": ("head-tune", "flair", "t1"),
 }
 # the reporting protocols (the default); TUNING is where settings are chosen, never reported
-REPORTING = ("mni-synth", "ct-real", "head-synth")
+REPORTING = ("mni-synth", "ct-real", "head-synth", "head-synth-256")
 TUNING = ("head-tune",)
 PROTOCOLS = REPORTING + TUNING
 
@@ -49,6 +55,28 @@ class Direction:
     mask: np.ndarray
     truth: np.ndarray | None
     pixel_mm2: float  # the area of one grid pixel (the anchor tells brains from heads by it)
+    model_grid: int | None = None  # the model's grid, where the set's is a multiple of it
+
+    @property
+    def factor(self) -> int:
+        """How many set pixels one model pixel spans along each axis (1: the model's grid)."""
+        return 1 if self.model_grid is None else self.source.shape[-1] // self.model_grid
+
+    def to_model_grid(self, slices: np.ndarray) -> np.ndarray:
+        """(n, S, S) set slices to the model's grid: each model pixel the mean of the set pixels
+        it covers, as a scan at the model's resolution would record them."""
+        f = self.factor
+        if f == 1:
+            return slices
+        n, h, w = slices.shape
+        return slices.reshape(n, h // f, f, w // f, f).mean(axis=(2, 4), dtype=np.float32)
+
+    def from_model_grid(self, slices: np.ndarray) -> np.ndarray:
+        """(n, G, G) model-grid slices back to the set's grid (linear, pixel centres aligned)."""
+        if self.factor == 1:
+            return slices
+        f = self.factor
+        return ndimage.zoom(slices, (1, f, f), order=1, mode="nearest", grid_mode=True)
 
 
 def select_slices(total: int, wanted: int | None) -> np.ndarray:
@@ -88,10 +116,11 @@ def load_directions(
             volumes[set_name] = load_volumes(set_name, data_root)
         vols = volumes[set_name]
         shape = vols["mask"].shape
-        if grid is not None and shape[:2] != (grid, grid):
+        finer = grid is not None and shape[0] == shape[1] and shape[0] % grid == 0
+        if grid is not None and not finer:
             raise EvaluationError(
                 f"set {set_name} is built on a {shape[0]}x{shape[1]} grid but the model works "
-                f"on {grid}x{grid}; rebuild the set with the model's grid"
+                f"on {grid}x{grid}; rebuild the set on the model's grid or a multiple of it"
             )
         idx = select_slices(shape[2], slices)
         out.append(
@@ -103,6 +132,7 @@ def load_directions(
                 mask=_slices(vols["mask"], idx) > 0,
                 truth=np.clip(_slices(vols[truth_key], idx), 0, 1) if truth_key else None,
                 pixel_mm2=float(np.prod(voxel_sizes(vols["mask"].affine)[:2])),
+                model_grid=grid if grid is not None and shape[0] != grid else None,
             )
         )
     return out

@@ -6,7 +6,9 @@ DDPM chain; only with a faithful-trained model, else recorded as not run), ``sde
 ``histogram`` / ``histogram-inverted`` / ``histogram-best`` and ``identity`` (see
 ``baselines.py``). Every method sees the same slices and the same seed, and every output is
 multiplied by the brain mask (the model's translations are, too), so all are compared on equal
-terms. A method gives one or more table rows; the runner scores them.
+terms. On a set finer than the model's grid, the model's methods translate at the model's grid
+and their results are brought back to the set's (``Direction.to_model_grid``); everything is
+scored at the set's grid. A method gives one or more table rows; the runner scores them.
 """
 
 from __future__ import annotations
@@ -85,15 +87,17 @@ def _midiffusion(ctx: MethodContext, d: Direction) -> Rows:
     bar = ProgressBar(f"{d.name} midiffusion", ctx.progress)
     raw, result = _timed(
         d,
-        lambda: translator.translate_slices(
-            d.source,
-            steps=s.steps,
-            sampler=s.sampler,
-            guidance=s.guidance,
-            samples=s.samples,
-            antithetic=s.antithetic,
-            progress=bar,
-            **_common(s),
+        lambda: d.from_model_grid(
+            translator.translate_slices(
+                d.to_model_grid(d.source),
+                steps=s.steps,
+                sampler=s.sampler,
+                guidance=s.guidance,
+                samples=s.samples,
+                antithetic=s.antithetic,
+                progress=bar,
+                **_common(s),
+            )
         ),
     )
     bar.close()
@@ -119,14 +123,16 @@ def _faithful(ctx: MethodContext, d: Direction) -> Rows:
     bar = ProgressBar(f"{d.name} faithful", ctx.progress)
     row = _timed(
         d,
-        lambda: ctx.faithful.translate_slices(
-            d.source,
-            steps=s.faithful_steps,
-            sampler=FAITHFUL_SAMPLING.sampler,
-            guidance=FAITHFUL_SAMPLING.guidance,
-            samples=FAITHFUL_SAMPLING.samples,
-            progress=bar,
-            **_common(s),
+        lambda: d.from_model_grid(
+            ctx.faithful.translate_slices(
+                d.to_model_grid(d.source),
+                steps=s.faithful_steps,
+                sampler=FAITHFUL_SAMPLING.sampler,
+                guidance=FAITHFUL_SAMPLING.guidance,
+                samples=FAITHFUL_SAMPLING.samples,
+                progress=bar,
+                **_common(s),
+            )
         ),
     )
     bar.close()
@@ -138,14 +144,16 @@ def _sdedit(ctx: MethodContext, d: Direction) -> Rows:
     bar = ProgressBar(f"{d.name} sdedit", ctx.progress)
     row = _timed(
         d,
-        lambda: baselines.sdedit(
-            ctx.translator,
-            d.source,
-            t0=s.sdedit_t0,
-            steps=s.steps,
-            sampler=s.sampler,
-            progress=bar,
-            **_common(s),
+        lambda: d.from_model_grid(
+            baselines.sdedit(
+                ctx.translator,
+                d.to_model_grid(d.source),
+                t0=s.sdedit_t0,
+                steps=s.steps,
+                sampler=s.sampler,
+                progress=bar,
+                **_common(s),
+            )
         ),
     )
     bar.close()

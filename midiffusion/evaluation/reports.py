@@ -144,10 +144,12 @@ def _through_plane_lines(results: EvaluationResults) -> list[str]:
         "",
         "Through-plane: SSIM of the sagittal and coronal reformats of the evaluated stack to the "
         "ground truth's, and the through-plane gradient energy relative to the ground truth's "
-        "(1 = changes between slices as much as anatomy does, > 1 = striping).",
+        "(1 = changes between slices as much as anatomy does, > 1 = striping), and each slice's "
+        "level against its neighbours' relative to the ground truth's (> 1 = level stripes).",
         "",
-        "| direction | method | sagittal SSIM | coronal SSIM | gradient energy ratio |",
-        "|---|---|---|---|---|",
+        "| direction | method | sagittal SSIM | coronal SSIM | gradient energy ratio "
+        "| level jitter ratio |",
+        "|---|---|---|---|---|---|",
     ]
 
     def fmt(value: float | None, digits: int = 3) -> str:
@@ -156,7 +158,8 @@ def _through_plane_lines(results: EvaluationResults) -> list[str]:
     for direction, method, tp in rows:
         lines.append(
             f"| {direction} | {method} | {fmt(tp.reformat_ssim['sagittal'])} | "
-            f"{fmt(tp.reformat_ssim['coronal'])} | {fmt(tp.gradient_energy_ratio, 2)} |"
+            f"{fmt(tp.reformat_ssim['coronal'])} | {fmt(tp.gradient_energy_ratio, 2)} | "
+            f"{fmt(tp.level_jitter_ratio, 2)} |"
         )
     return lines
 

@@ -34,6 +34,7 @@ class ThroughPlane:
 
     reformat_ssim: dict[str, float | None]  # sagittal / coronal reformats against the truth's
     gradient_energy_ratio: float | None  # through-plane gradient energy / the truth's
+    level_jitter_ratio: float | None = None  # slice-to-slice level jitter / the truth's
 
 
 @dataclass

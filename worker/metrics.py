@@ -84,7 +84,12 @@ QUALITY = Histogram(
     ["metric"],
     buckets=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
-for _stage in STAGES:  # every series exists from the start, so rates and alerts see zeros
+# every series exists from the start, so rates and alerts see the first job as an increase
+for _outcome in ("succeeded", "failed", "cancelled", "skipped", "gave_up"):
+    JOBS_FINISHED.labels(_outcome)
+for _outcome in ("succeeded", "failed", "cancelled"):
+    RUN_TIME.labels(_outcome)
+for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
 for _metric in QUALITY_METRICS:
     QUALITY.labels(_metric)

@@ -16,7 +16,7 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
 log = logging.getLogger("midiffusion.worker")
 
@@ -118,9 +118,3 @@ def exporter_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     return registry
-
-
-def process_ended(pid: int) -> None:
-    """Drop a finished pool process's live gauges (multiprocess mode only)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        mark_process_dead(pid)

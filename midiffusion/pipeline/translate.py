@@ -403,7 +403,7 @@ class Translator:
         total = sum(samples // k for _, k in batches) * steps
         out = np.zeros_like(source01, dtype=np.float32)
         done = 0
-        step_started = time.perf_counter()
+        step_started = 0.0  # set as each sampling run starts
         for idx, k in batches:
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
             denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance)

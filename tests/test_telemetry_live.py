@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ class Run:
     worker_metrics: str
     prometheus: PrometheusServer
     worker_multiproc: Path
+    gateway_log: Path
     started: float
     before: dict[str, list[Sample]] = field(default_factory=dict)
     during: dict[str, list[Sample]] = field(default_factory=dict)
@@ -194,7 +196,9 @@ def run(
             interval=0.2,
             what="prometheus to scrape gateway and worker",
         )
-        live = Run(base, f"http://127.0.0.1:{worker_port}/metrics", prometheus, multiproc, 0.0)
+        live = Run(
+            base, f"http://127.0.0.1:{worker_port}/metrics", prometheus, multiproc, gateway_log, 0.0
+        )
         live.started = time.time()
         live.before = live.scrape_both()
         live.live_calls_before = value(
@@ -292,7 +296,9 @@ def test_every_metric_of_dashboard_and_rules_exists_and_moved(run: Run) -> None:
 
 
 def test_the_gateway_processes_add_up(run: Run) -> None:
-    """Two uvicorn processes answered; one scrape counts every request of both."""
+    """Two uvicorn processes serve; one scrape counts every request of both."""
+    pids = set(re.findall(r"Started server process \[(\d+)\]", run.gateway_log.read_text()))
+    assert len(pids) == 2, run.gateway_log.read_text()
     calls = value(run.after["gateway"], "midiff_http_requests_total", route="/health/live")
     assert calls - run.live_calls_before == LIVE_ENDPOINTS
     assert value(run.after["gateway"], "midiff_jobs_submitted_total") == 2 + int(
@@ -356,3 +362,9 @@ def test_every_alert_expression_runs_and_its_quantity_has_data(run: Run) -> None
         timeout=30,
         what="prometheus to evaluate every rule without error",
     )
+
+
+def test_a_healthy_run_fires_no_alert(run: Run) -> None:
+    alerts = httpx.get(f"{run.prometheus.url}/api/v1/alerts", timeout=10).json()
+    assert alerts["status"] == "success"
+    assert alerts["data"]["alerts"] == []

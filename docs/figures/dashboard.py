@@ -6,7 +6,7 @@ the dashboard. Every line is a dashboard query, run by a real Prometheus against
 worker of a test run (tiny test model, small volumes, this CPU): the shapes are real, the
 figures are not production's.
 
-    MIDIFF_DASHBOARD_DATA=out/dashboard.json MIDIFF_DASHBOARD_JOBS=12 \\
+    MIDIFF_DASHBOARD_DATA=out/dashboard.json MIDIFF_DASHBOARD_JOBS=30 \\
         .venv/bin/python -m pytest tests/test_telemetry_live.py
     .venv/bin/python docs/figures/dashboard.py out/dashboard.json -o docs/figures/dashboard.png
 """

@@ -60,6 +60,10 @@ class JobOutput:
     bytes: int
     # where the input lay outside what the model was trained on (one sentence each)
     warnings: tuple[str, ...] = ()
+    # how good and how sure the translation is (name -> figure; None where not defined)
+    quality: dict[str, float | None] | None = None
+    # the per-voxel spread between the averaged draws, beside the result
+    uncertainty_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,8 @@ def record_from_fields(job_id: str, f: dict[str, Any]) -> JobRecord:
             content_type=f["output_content_type"],
             bytes=int(f["output_bytes"]),
             warnings=tuple(json.loads(f.get("output_warnings") or "[]")),
+            quality=json.loads(f["output_quality"]) if f.get("output_quality") else None,
+            uncertainty_key=f.get("output_uncertainty_key") or None,
         )
     return JobRecord(
         id=job_id,
@@ -241,4 +247,8 @@ def finish_fields(error: JobError | None, output: JobOutput | None) -> dict[str,
             output_bytes=str(output.bytes),
             output_warnings=json.dumps(list(output.warnings)),
         )
+        if output.quality is not None:
+            fields["output_quality"] = json.dumps(output.quality)
+        if output.uncertainty_key is not None:
+            fields["output_uncertainty_key"] = output.uncertainty_key
     return fields

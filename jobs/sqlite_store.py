@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_content_type TEXT,
     output_bytes INTEGER,
     output_warnings TEXT,
+    output_quality TEXT,
+    output_uncertainty_key TEXT,
     worker TEXT,
     idem_key TEXT UNIQUE,
     fingerprint TEXT,
@@ -64,6 +66,9 @@ class SQLiteJobStore(JobStore):
             self._db().execute("ALTER TABLE jobs ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")
         if "output_warnings" not in columns:  # a file from before the column: no warnings
             self._db().execute("ALTER TABLE jobs ADD COLUMN output_warnings TEXT")
+        for column in ("output_quality", "output_uncertainty_key"):  # from before telemetry
+            if column not in columns:
+                self._db().execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 
     def _db(self) -> sqlite3.Connection:
         # One connection per thread: sqlite3 connections must not be shared across threads.

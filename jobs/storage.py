@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-_KEY = re.compile(r"^(in|out)/[0-9a-f]{32}(\.nii\.gz|\.nii|\.png)$")
+# ``.uncertainty``: a result's companion map (out/<id>.uncertainty.nii.gz)
+_KEY = re.compile(r"^(in|out)/[0-9a-f]{32}(\.uncertainty)?(\.nii\.gz|\.nii|\.png)$")
 _PARTIAL_MARK = ".part-"
 
 

@@ -43,6 +43,8 @@ def cleanup_expired(
             progressed = True
             removed_jobs += 1
             keys = [record.spec.input_key] + ([record.output.key] if record.output else [])
+            if record.output is not None and record.output.uncertainty_key:
+                keys.append(record.output.uncertainty_key)
             removed_files += sum(storage.delete(k) for k in keys)
         if not progressed:
             break

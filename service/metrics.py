@@ -65,3 +65,11 @@ class RequestMetricsMiddleware:
             method = scope.get("method", "")
             HTTP_REQUESTS.labels(method, label, str(status[0])).inc()
             HTTP_LATENCY.labels(method, label).observe(time.perf_counter() - started)
+
+
+# Read from the broker (a Redis list) at scrape time; every gateway sees the same queue.
+QUEUE_DEPTH = Gauge(
+    "midiff_queue_depth",
+    "Tasks waiting in the queue, not yet taken by a worker (read from the broker at scrape time)",
+    multiprocess_mode="mostrecent",
+)

@@ -38,3 +38,15 @@ def requeue_unsent(celery: Celery, jobs: JobStore, *, created_before: float) -> 
     if requeued:
         log.warning("sent the tasks of %d job(s) that never reached the queue", len(requeued))
     return requeued
+
+
+def queue_depth(celery: Celery) -> int:
+    """Tasks waiting on the queue (on Redis, the length of its list), read from the broker."""
+    from kombu.exceptions import ChannelError
+
+    with celery.connection_for_read() as connection:
+        try:
+            declared = connection.default_channel.queue_declare(queue=QUEUE, passive=True)
+        except ChannelError:  # nothing was ever queued (Redis drops an empty list)
+            return 0
+        return int(declared.message_count)

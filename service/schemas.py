@@ -83,6 +83,8 @@ class JobOut(BaseModel):
     result: JobResultOut | None
     # where the input lay outside what the model was trained on: read the result with care
     warnings: list[str] = []
+    # how good and how sure the translation is (midiffusion.pipeline.quality), when succeeded
+    quality: dict[str, float | None] | None = None
     links: dict[str, str]
 
 
@@ -106,6 +108,8 @@ def job_out(job: JobRecord, *, now: float) -> JobOut:
     result = None
     if job.state is JobState.SUCCEEDED and job.output is not None:
         links["result"] = f"/jobs/{job.id}/result"
+        if job.output.uncertainty_key:
+            links["uncertainty"] = f"/jobs/{job.id}/result?part=uncertainty"
         result = JobResultOut(
             url=links["result"],
             filename=job.output.filename,
@@ -138,6 +142,7 @@ def job_out(job: JobRecord, *, now: float) -> JobOut:
         error=JobErrorOut(code=job.error.code, message=job.error.message) if job.error else None,
         result=result,
         warnings=list(job.output.warnings) if job.output is not None else [],
+        quality=job.output.quality if job.output is not None else None,
         links=links,
     )
 

@@ -13,7 +13,7 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,19 @@ class _Deadline:
     def passed(self) -> bool:
         self.hit = self.hit or time.monotonic() > self.at
         return self.hit
+
+
+def observe_translation(report: Any, *, load: float, write: float) -> None:
+    """A succeeded job's stages, slices and quality figures, into the worker's metrics."""
+    metrics.STAGE_SECONDS.labels("load").observe(load)
+    metrics.STAGE_SECONDS.labels("preprocess").observe(report.other_seconds)
+    metrics.STAGE_SECONDS.labels("sample").observe(report.sample_seconds)
+    metrics.STAGE_SECONDS.labels("write").observe(write)
+    metrics.SLICES_TRANSLATED.inc(report.slices)
+    for name in metrics.QUALITY_METRICS:
+        value = report.quality.get(name)
+        if value is not None:
+            metrics.QUALITY.labels(name).observe(value)
 
 
 def output_filename(input_filename: str, model_name: str, suffix: str) -> str:
@@ -114,7 +127,9 @@ class WorkerRuntime:
             return started.outcome.value
         job = started.job
         if job.attempts == 1 and job.started_at is not None:
-            metrics.QUEUE_WAIT.observe(max(0.0, job.started_at - job.spec.created_at))
+            waited = max(0.0, job.started_at - job.spec.created_at)
+            metrics.QUEUE_WAIT.observe(waited)
+            metrics.STAGE_SECONDS.labels("queue").observe(waited)
         metrics.BUSY.set(1)
         metrics.PROGRESS.set(0)
         t0 = time.perf_counter()
@@ -148,18 +163,34 @@ class WorkerRuntime:
             return deadline.passed() or self.jobs.cancel_requested(job.id)
 
         try:
+            from midiffusion.pipeline.devices import peak_memory_bytes, reset_peak_memory
+
+            stage = time.perf_counter()
             translator = self.translator(spec.model_name, spec.model_version)
             image = nib.load(self.storage.path(spec.input_key))
+            load_seconds = time.perf_counter() - stage
             warnings: list[str] = []
-            out = translator.translate(
+            reset_peak_memory(translator.device)
+            report = translator.translate_with_report(
                 image,
                 steps=spec.steps,
                 seed=spec.seed,
                 progress=progress,
                 should_cancel=should_cancel,
                 warn=warnings.append,
+                step_seconds=metrics.STEP_SECONDS.observe,
             )
-            return JobState.SUCCEEDED, None, self._write_output(job, out, tuple(warnings))
+            metrics.GPU_MEMORY.set(peak_memory_bytes(translator.device))
+            stage = time.perf_counter()
+            uncertainty_key = self._write_uncertainty(job, report.uncertainty)
+            try:
+                output = self._write_output(job, report.image, tuple(warnings))
+            except BaseException:
+                self.storage.delete(uncertainty_key)  # no map without its result
+                raise
+            output = replace(output, quality=dict(report.quality), uncertainty_key=uncertainty_key)
+            observe_translation(report, load=load_seconds, write=time.perf_counter() - stage)
+            return JobState.SUCCEEDED, None, output
         except TranslationCancelled:
             if deadline.hit:
                 return (
@@ -191,6 +222,21 @@ class WorkerRuntime:
                 "the worker could not finish this job (an internal error, logged for the operators)"
             )
             return JobState.FAILED, JobError("internal_error", message), None
+
+    def _write_uncertainty(self, job: JobRecord, uncertainty: Any) -> str:
+        """The spread between the averaged draws, as NIfTI beside the result (written as
+        atomically as the result); returns its key."""
+        import nibabel as nib
+
+        key = self.storage.key("out", job.id, ".uncertainty.nii.gz")
+        partial = self.storage.partial_path(key)
+        try:
+            nib.save(uncertainty, partial)
+            self.storage.commit(partial, key)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return key
 
     def _write_output(self, job: JobRecord, out: Any, warnings: tuple[str, ...]) -> JobOutput:
         import nibabel as nib

@@ -29,3 +29,22 @@ def resolve_device(name: str) -> str:
             f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
     return name
+
+
+def reset_peak_memory(device: object) -> None:
+    """Start counting the peak memory of ``device`` afresh (a no-op off CUDA)."""
+    import torch
+
+    device = torch.device(device)  # type: ignore[arg-type]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: object) -> int:
+    """The most memory torch held on ``device`` since :func:`reset_peak_memory`; 0 off CUDA."""
+    import torch
+
+    device = torch.device(device)  # type: ignore[arg-type]
+    if device.type != "cuda":
+        return 0
+    return int(torch.cuda.max_memory_allocated(device))

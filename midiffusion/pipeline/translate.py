@@ -16,6 +16,7 @@ grey level is one draw of the prior, so whole volumes are shifted to the trainin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from midiffusion.pipeline.intensity import (
     is_whole_head,
 )
 from midiffusion.pipeline.precision import resolve_precision
+from midiffusion.pipeline.quality import DrawSpread, translation_quality
 from model_store.card import MIN_INPLANE, ModelCard, affine_is_degenerate
 
 # the data recipe's field of view, so inference sees brains at the scale training saw them
@@ -62,6 +64,8 @@ class TranslationInputError(ValueError):
 
 
 Progress = Callable[[int, int], None]
+# (index of the first slice, draws of shape (k, n, G, G)): see Translator.translate_slices
+DrawSink = Callable[[int, np.ndarray], None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,20 +243,49 @@ def input_warnings(plan: SlicePlan, grid_mask: np.ndarray, card: ModelCard) -> l
             f"the input is a {plane} slice, but {name} was trained on axial slices: it is "
             "translated as if it were axial"
         )
-    in_plane = [a for a in range(3) if a != plan.slice_axis]
-    coarse = float(voxel_sizes(plan.ras_affine)[in_plane].max())
+    coarse = _coarsest_in_plane_mm(plan)
     if coarse > COARSE_VOXEL_MM:
         out.append(
             f"the input's in-plane voxels are {coarse:.1f} mm, much coarser than the 1 mm "
             f"training data of {name}: fine anatomy will be guessed"
         )
-    fov = float(voxel_sizes(plan.grid.affine)[0] * plan.grid.shape[0])
+    fov = _field_of_view_mm(plan)
     if fov > LARGEST_FOV_MM:
         out.append(
             f"the foreground spans a {fov:.0f} mm field of view, more than a head: {name} knows "
             "heads and brains, not other parts of the body"
         )
     return out
+
+
+def _coarsest_in_plane_mm(plan: SlicePlan) -> float:
+    in_plane = [a for a in range(3) if a != plan.slice_axis]
+    return float(voxel_sizes(plan.ras_affine)[in_plane].max())
+
+
+def _field_of_view_mm(plan: SlicePlan) -> float:
+    return float(voxel_sizes(plan.grid.affine)[0] * plan.grid.shape[0])
+
+
+def outside_training_fraction(plan: SlicePlan, grid_mask: np.ndarray, card: ModelCard) -> float:
+    """The fraction of the foreground slices of ``grid_mask`` (n, G, G) that lie outside what
+    ``card``'s model was trained on, by the rules of :func:`input_warnings`: every slice when
+    the plane, the voxel size or the field of view is outside, else the slices whose section is
+    a whole head's for a model that knows only brains."""
+    kept = grid_mask[grid_mask.reshape(len(grid_mask), -1).any(axis=1)]
+    if not len(kept):
+        return 0.0
+    whole_volume_outside = (
+        plan.slice_axis != 2
+        or _coarsest_in_plane_mm(plan) > COARSE_VOXEL_MM
+        or _field_of_view_mm(plan) > LARGEST_FOV_MM
+    )
+    if whole_volume_outside:
+        return 1.0
+    if _trained_on_heads(card):
+        return 0.0
+    heads = sum(is_whole_head(section[None], plan.pixel_mm2) for section in kept)
+    return heads / len(kept)
 
 
 def _draws_per_batch(slices: int, samples: int, batch_size: int) -> int:
@@ -328,6 +361,8 @@ class Translator:
         batch_size: int | None = None,
         progress: Progress | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        on_draws: DrawSink | None = None,
+        step_seconds: Callable[[float], None] | None = None,
     ) -> np.ndarray:
         """Translate (N, G, G) slices in [0,1] on the model grid; returns (N, G, G) in [0,1].
 
@@ -335,6 +370,10 @@ class Translator:
         estimate of the posterior mean, which loses the sampler's invented fine texture (the
         part that cannot match the patient) and costs ``samples`` times the time. ``antithetic``
         (default: the card's) pairs the draws on opposite noises (``samplers.noise_source``).
+        ``on_draws(first, draws)`` sees every draw before averaging: ``draws`` is (k, n, G, G),
+        k draws of the n slices from index ``first`` (the spread between draws,
+        ``midiffusion.pipeline.quality``). ``step_seconds`` receives the duration of every
+        sampling step of a batch. Neither changes the result.
         """
         steps = int(steps or self.sampling.steps)
         sample = get_sampler(sampler or self.sampling.sampler)
@@ -364,12 +403,17 @@ class Translator:
         total = sum(samples // k for _, k in batches) * steps
         out = np.zeros_like(source01, dtype=np.float32)
         done = 0
+        step_started = 0.0  # set as each sampling run starts
         for idx, k in batches:
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
             denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance)
 
             def callback(_i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor) -> None:
-                nonlocal done
+                nonlocal done, step_started
+                if step_seconds is not None:
+                    now = time.perf_counter()
+                    step_seconds(now - step_started)
+                    step_started = now
                 if should_cancel is not None and should_cancel():
                     raise TranslationCancelled("translation cancelled")
                 done += 1
@@ -380,8 +424,11 @@ class Translator:
                 draws = range(first, first + k)
                 x = torch.cat([noises[d].expand(len(idx), -1, -1, -1) for d in draws]) * sigmas[0]
                 step_noise = shared_noise_for_draws(seed, draws, antithetic)
+                step_started = time.perf_counter()
                 x0 = sample(denoiser, x, sigmas, callback=callback, noise=step_noise)
                 x0 = self.spec.to_unit(x0)[:, 0].float().cpu().numpy()
+                if on_draws is not None:
+                    on_draws(idx.start, x0.reshape(k, len(idx), *x0.shape[1:]))
                 out[idx.start : idx.stop] += x0.reshape(k, len(idx), *x0.shape[1:]).sum(0)
         return out / samples
 
@@ -409,6 +456,62 @@ class Translator:
         trained on (:func:`input_warnings`), before sampling starts.
         ``options`` are those of :meth:`translate_slices` (steps, seed, sampler, guidance,
         samples, batch_size, progress, should_cancel)."""
+        run = self._run_on_grid(image, anchor, warn, options)
+        return run.to_input(image, run.result)
+
+    def translate_with_report(
+        self,
+        image: nib.Nifti1Image,
+        *,
+        anchor: bool | None = None,
+        warn: Callable[[str], None] | None = None,
+        **options: Any,
+    ) -> Translation:
+        """:meth:`translate`, with the same output, plus what a service reports about it: the
+        per-voxel spread between the averaged draws in the input's geometry, the quality
+        figures of :func:`midiffusion.pipeline.quality.translation_quality`, the fraction of
+        slices outside what the model was trained on, and where the time went."""
+        started = time.perf_counter()
+        spread = DrawSpread()
+        run = self._run_on_grid(image, anchor, warn, {**options, "on_draws": spread.add})
+        samples = int(options.get("samples") or self.sampling.samples)
+        spread_grid = np.zeros_like(run.result)
+        if len(run.keep) and samples > 1:
+            spread_grid[run.keep] = spread.std()
+        spread_grid *= run.msk
+        kept = run.keep
+        quality = translation_quality(
+            run.result[kept],
+            run.src[kept],
+            run.msk[kept],
+            spread_grid[kept] if samples > 1 else None,
+        )
+        quality["outside_training_fraction"] = outside_training_fraction(
+            run.plan, run.msk, self.card
+        )
+        out = run.to_input(image, run.result)
+        uncertainty = run.to_input(image, spread_grid)
+        uncertainty.header["cal_max"] = float(np.asarray(uncertainty.dataobj).max())
+        uncertainty.header["descrip"] = b"std between averaged draws (MIDiffusion)"
+        total = time.perf_counter() - started
+        return Translation(
+            image=out,
+            uncertainty=uncertainty,
+            quality=quality,
+            slices=len(kept),
+            samples=samples,
+            sample_seconds=run.sample_seconds,
+            other_seconds=max(0.0, total - run.sample_seconds),
+        )
+
+    def _run_on_grid(
+        self,
+        image: nib.Nifti1Image,
+        anchor: bool | None,
+        warn: Callable[[str], None] | None,
+        options: dict[str, Any],
+    ) -> _GridRun:
+        """Read, plan and mask the image, and translate its foreground slices on the grid."""
         volume = _as_volume(image)
         plan, ras, ras_mask = plan_slices(image, volume, self.grid)
         src = plan.to_grid(ras)
@@ -418,10 +521,42 @@ class Translator:
                 warn(message)
         keep = np.nonzero(msk.reshape(len(msk), -1).any(axis=1))[0]
         result = np.zeros_like(src)
+        sampling_started = time.perf_counter()
         if len(keep):
             result[keep] = self.translate_slices(src[keep], **options)
             if anchor or (anchor is None and len(keep) >= MIN_ANCHOR_SLICES):
                 result[keep] = self.anchor(result[keep], msk[keep], plan.pixel_mm2)
+        sample_seconds = time.perf_counter() - sampling_started
         result *= msk
-        back = plan.from_grid(result) * plan.to_input(ras_mask)
+        return _GridRun(plan, ras_mask, src, msk, keep, result, sample_seconds)
+
+
+@dataclass(frozen=True)
+class _GridRun:
+    """One image's slices on the model grid, before and after translation."""
+
+    plan: SlicePlan
+    ras_mask: np.ndarray
+    src: np.ndarray  # (n, G, G) sources in [0, 1]
+    msk: np.ndarray  # (n, G, G) foreground
+    keep: np.ndarray  # indices of the slices with foreground (the ones translated)
+    result: np.ndarray  # (n, G, G) translated, masked
+    sample_seconds: float
+
+    def to_input(self, image: nib.Nifti1Image, grid_slices: np.ndarray) -> nib.Nifti1Image:
+        """Grid slices as an image in ``image``'s shape and geometry, background zero."""
+        back = self.plan.from_grid(grid_slices) * self.plan.to_input(self.ras_mask)
         return output_like(image, back.reshape(image.shape))
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What :meth:`Translator.translate_with_report` returns."""
+
+    image: nib.Nifti1Image  # the translation, exactly as translate() returns it
+    uncertainty: nib.Nifti1Image  # std between the averaged draws, input geometry (0: one draw)
+    quality: dict[str, float | None]
+    slices: int  # foreground slices translated
+    samples: int  # draws averaged per slice
+    sample_seconds: float  # guided sampling (and the anchor)
+    other_seconds: float  # reading, planning, quality figures, mapping back

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from jobs import TERMINAL_STATES, JobRecord, JobState
 from service.context import Ctx, GatewayContext, Principal
 from service.problems import Problem
+from service.result_parts import result_part
 from service.schemas import JobOut, job_out
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -51,6 +52,7 @@ def get_result(
     job_id: str,
     principal: Principal,
     ctx: Ctx,
+    part: str | None = None,
 ) -> FileResponse:
     job = _load(ctx, job_id, principal)
     if job.state is not JobState.SUCCEEDED or job.output is None:
@@ -68,6 +70,8 @@ def get_result(
             if job.state not in TERMINAL_STATES
             else None,
         )
+    if part is not None:  # ?part=uncertainty: the spread between the averaged draws
+        return result_part(ctx, job.output, part)
     path = ctx.storage.path(job.output.key)
     if not path.is_file():
         raise Problem(410, "result-gone", "the job's result file is no longer stored")

@@ -10,7 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.context import Ctx
-from service.metrics import JOBS_BY_STATE
+from service.metrics import JOBS_BY_STATE, QUEUE_DEPTH
+from service.queueing import queue_depth
 
 router = APIRouter(tags=["health"])
 
@@ -22,6 +23,10 @@ def prometheus_metrics(ctx: Ctx) -> Response:
             JOBS_BY_STATE.labels(state.value).set(count)
     except Exception:  # the job store being down must not hide the other metrics
         pass
+    try:
+        QUEUE_DEPTH.set(queue_depth(ctx.celery))
+    except Exception:  # nor the broker being down: the depth is then unknown
+        QUEUE_DEPTH.set(float("nan"))
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several gateway processes (serve --workers N): add up what all of them recorded.

@@ -68,6 +68,9 @@ class Limits:
     max_total_bytes: int = 2 * 1024 * 1024 * 1024
 
 
+DEFAULT_LIMITS = Limits()
+
+
 def is_dicom_part10(head: bytes) -> bool:
     return head[DICM_OFFSET : DICM_OFFSET + 4] == b"DICM"
 
@@ -86,7 +89,9 @@ def _capped_read(fh: BinaryIO, cap: int, what: str) -> bytes:
     return data
 
 
-def zip_entries(source: Path | bytes | BinaryIO, limits: Limits = Limits()) -> Iterator[bytes]:
+def zip_entries(
+    source: Path | bytes | BinaryIO, limits: Limits = DEFAULT_LIMITS
+) -> Iterator[bytes]:
     """The bytes of each file in a zip, in memory, within ``limits`` (declared sizes are checked
     first, and the real expanded bytes as they are read: a zip can lie about them)."""
     handle: Any = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -130,7 +135,7 @@ def zip_entries(source: Path | bytes | BinaryIO, limits: Limits = Limits()) -> I
             yield data
 
 
-def folder_entries(folder: Path, limits: Limits = Limits()) -> Iterator[bytes]:
+def folder_entries(folder: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[bytes]:
     """Every file under ``folder`` (a series exported to disk), within ``limits``."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
     if len(files) > limits.max_entries:

@@ -44,6 +44,11 @@ class JobSpec(BaseModel):
     input_shape: list[int]
     input_voxel_size: list[float]
     idempotency_key: str | None = None  # the store key of the idempotency claim, if any
+    # "nifti", or "dicom": the input is a zip of one series' instances (``jobs.dicom_intake``)
+    input_kind: str = "nifti"
+    dicom_study_uid: str | None = None
+    dicom_series_uid: str | None = None
+    dicom_instances: int | None = None
 
 
 @dataclass(frozen=True)

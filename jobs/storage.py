@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-# ``.uncertainty``: a result's companion map (out/<id>.uncertainty.nii.gz)
-_KEY = re.compile(r"^(in|out)/[0-9a-f]{32}(\.uncertainty)?(\.nii\.gz|\.nii|\.png)$")
+# ``.uncertainty``: a result's companion map (out/<id>.uncertainty.nii.gz); ``.zip``: a DICOM
+# series (its instances in, the derived series out)
+_KEY = re.compile(r"^(in|out)/[0-9a-f]{32}((\.uncertainty)?(\.nii\.gz|\.nii|\.png)|\.zip)$")
 _PARTIAL_MARK = ".part-"
 
 

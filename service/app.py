@@ -23,7 +23,7 @@ from service.context import GatewayContext, ModelCatalog
 from service.metrics import RequestMetricsMiddleware
 from service.problems import install_problem_handlers
 from service.queueing import requeue_unsent
-from service.routers import health, jobs, metrics, models, translate
+from service.routers import dicomweb, health, jobs, metrics, models, translate
 from service.settings import GatewaySettings
 
 log = logging.getLogger("midiffusion.service")
@@ -101,6 +101,6 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(RequestMetricsMiddleware)
     install_problem_handlers(app)
-    for module in (translate, jobs, models, health, metrics):
+    for module in (translate, jobs, models, health, metrics, dicomweb):
         app.include_router(module.router)
     return app

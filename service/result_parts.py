@@ -14,7 +14,7 @@ PARTS = ("uncertainty",)
 
 
 def uncertainty_filename(result_filename: str) -> str:
-    stem = re.sub(r"(\.nii\.gz|\.nii|\.png)$", "", result_filename, flags=re.IGNORECASE)
+    stem = re.sub(r"(\.nii\.gz|\.nii|\.png|\.zip)$", "", result_filename, flags=re.IGNORECASE)
     return f"{stem}_uncertainty.nii.gz"
 
 

@@ -14,6 +14,7 @@ from jobs import JobRecord, JobState
 class OutputFormat(StrEnum):
     NIFTI = "nifti"
     PNG = "png"
+    DICOM = "dicom"  # a derived series (the default, and only for, a DICOM input)
 
 
 class TranslateParams(BaseModel):
@@ -22,7 +23,8 @@ class TranslateParams(BaseModel):
     model: str | None = Field(default=None, max_length=128)
     steps: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    output_format: OutputFormat = OutputFormat.NIFTI
+    # unset: dicom for a DICOM input, nifti for a NIfTI one
+    output_format: OutputFormat | None = None
 
 
 class Progress(BaseModel):
@@ -47,6 +49,10 @@ class JobInput(BaseModel):
     bytes: int
     shape: list[int]
     voxel_size: list[float]
+    kind: str = "nifti"  # or "dicom"
+    study_instance_uid: str | None = None  # DICOM input: the study the derived series joins
+    series_instance_uid: str | None = None  # DICOM input: the source series
+    instances: int | None = None
 
 
 class Timings(BaseModel):
@@ -129,6 +135,10 @@ def job_out(job: JobRecord, *, now: float) -> JobOut:
             bytes=spec.input_bytes,
             shape=spec.input_shape,
             voxel_size=spec.input_voxel_size,
+            kind=spec.input_kind,
+            study_instance_uid=spec.dicom_study_uid,
+            series_instance_uid=spec.dicom_series_uid,
+            instances=spec.dicom_instances,
         ),
         timings=Timings(
             created_at=_ts(spec.created_at),  # type: ignore[arg-type]

@@ -22,6 +22,9 @@ from jobs.storage import LocalStorage
 from service.problems import Problem
 
 FILE_FIELD = "file"
+# A DICOM series may come as one `file` part per instance; a NIfTI is always one part.
+MAX_FILE_PARTS = 4096
+SNIFF_BYTES = 132  # enough to see a gzip, a zip, or DICOM's DICM after its 128-byte preamble
 TEXT_FIELDS = ("model", "steps", "seed", "output_format")
 MAX_TEXT_FIELD_BYTES = 256
 # Room for part headers and boundaries on top of the file cap, when judging Content-Length.
@@ -45,6 +48,16 @@ class ReceivedUpload:
     first_bytes: bytes
     fields: dict[str, str]
     fingerprint: str | None  # sha256 of file bytes and fields, when asked for (idempotency)
+    # further `file` parts (the instances of a DICOM series), temporary like `partial`
+    more_partials: list[Path] = field(default_factory=list)
+
+    @property
+    def partials(self) -> list[Path]:
+        return [self.partial, *self.more_partials]
+
+    def discard(self) -> None:
+        for path in self.partials:
+            path.unlink(missing_ok=True)
 
 
 def too_large(limit: int) -> Problem:
@@ -62,7 +75,11 @@ def _bad_form(detail: str) -> Problem:
         422,
         "invalid-form",
         detail,
-        accepted={"file": "one NIfTI file (.nii or .nii.gz)", "fields": list(TEXT_FIELDS)},
+        accepted={
+            "file": "one NIfTI file (.nii or .nii.gz), or a DICOM series: one part per "
+            "instance, or one zip",
+            "fields": list(TEXT_FIELDS),
+        },
     )
 
 
@@ -88,6 +105,7 @@ class _Receiver:
         self._header_value = bytearray()
         self.file: BinaryIO | None = None
         self.partial: Path | None = None
+        self.more_partials: list[Path] = []
         self.filename = ""
         self.size = 0
         self.first_bytes = b""
@@ -116,12 +134,21 @@ class _Receiver:
         self.part.name = name.decode("utf-8", "replace")
         filename = params.get(b"filename")
         if self.part.name == FILE_FIELD:
-            if self.saw_file:
-                raise _bad_form("send exactly one file in the field `file`; this request has more")
-            self.saw_file = True
-            self.filename = safe_filename(filename.decode("utf-8", "replace") if filename else "")
-            self.partial = self.storage.partial_path(self.key)
-            self.file = open(self.partial, "wb")  # noqa: SIM115 (closed in on_part_end/close)
+            if len(self.more_partials) + 1 >= MAX_FILE_PARTS:
+                raise _bad_form(f"at most {MAX_FILE_PARTS} `file` parts are accepted")
+            if self.file is not None and not self.file.closed:
+                raise _bad_form("a `file` part began before the previous one ended")
+            path = self.storage.partial_path(self.key)
+            if self.hasher is not None:  # part boundaries count: (AB, C) is not (A, BC)
+                self.hasher.update(b"\0file-part\0")
+            if self.saw_file:  # the next instance of a DICOM series
+                self.more_partials.append(path)
+            else:
+                self.saw_file = True
+                name = filename.decode("utf-8", "replace") if filename else ""
+                self.filename = safe_filename(name)
+                self.partial = path
+            self.file = open(path, "wb")  # noqa: SIM115 (closed in on_part_end/close)
         elif self.part.name not in TEXT_FIELDS:
             raise _bad_form(
                 f"unknown form field `{self.part.name}`; accepted: `file` and "
@@ -137,8 +164,8 @@ class _Receiver:
             self.size += len(chunk)
             if self.size > self.limit:
                 raise too_large(self.limit)
-            if len(self.first_bytes) < 2:
-                self.first_bytes += bytes(chunk[: 2 - len(self.first_bytes)])
+            if not self.more_partials and len(self.first_bytes) < SNIFF_BYTES:
+                self.first_bytes += bytes(chunk[: SNIFF_BYTES - len(self.first_bytes)])
             self.file.write(chunk)
             if self.hasher is not None:
                 self.hasher.update(chunk)
@@ -158,8 +185,9 @@ class _Receiver:
     def discard(self) -> None:
         if self.file is not None:
             self.file.close()
-        if self.partial is not None:
-            self.partial.unlink(missing_ok=True)
+        for path in [self.partial, *self.more_partials]:
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     def fingerprint(self) -> str | None:
         if self.hasher is None:
@@ -229,4 +257,5 @@ async def receive_upload(
         first_bytes=receiver.first_bytes,
         fields=receiver.fields,
         fingerprint=receiver.fingerprint(),
+        more_partials=receiver.more_partials,
     )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
@@ -238,3 +239,44 @@ def expected_volume(series: Series) -> np.ndarray:
         )
         out.append(phantom_values(points).T)
     return np.stack(out, axis=-1)
+
+
+def check_derived(series: Series, derived: list, model: str, version: int) -> None:
+    """Every tag the derived series must carry, slice by slice, against its source ``series``.
+    ``derived``: pydicom datasets of the result, in any order."""
+    derived = sorted(derived, key=lambda d: int(d.InstanceNumber))
+    assert len(derived) == len(series.positions)
+    series_uids = {str(d.SeriesInstanceUID) for d in derived}
+    assert len(series_uids) == 1 and series.series_uid not in series_uids
+    sops = [str(d.SOPInstanceUID) for d in derived]
+    assert len(set(sops)) == len(sops) and not set(sops) & set(series.sop_uids)
+    for k, d in enumerate(derived):
+        assert str(d.StudyInstanceUID) == series.study_uid
+        assert str(d.FrameOfReferenceUID) == series.frame_of_reference_uid
+        assert (str(d.PatientName), d.PatientID, d.PatientBirthDate) == (
+            PATIENT_NAME,
+            PATIENT_ID,
+            PATIENT_BIRTH,
+        )
+        assert list(d.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert f"{model} v{version}" in d.SeriesDescription
+        assert "NOT FOR DIAGNOSTIC USE" in d.SeriesDescription.upper()
+        assert model in d.DerivationDescription
+        refs = {str(r.ReferencedSOPInstanceUID) for r in d.SourceImageSequence}
+        assert refs == set(series.sop_uids)
+        equipment = d.ContributingEquipmentSequence[0]
+        assert equipment.Manufacturer and equipment.ManufacturerModelName == model
+        assert any(f"v{version}" in str(v) for v in equipment.SoftwareVersions)
+        np.testing.assert_allclose(
+            [float(v) for v in d.ImagePositionPatient], series.positions[k], atol=1e-4
+        )
+        np.testing.assert_allclose(
+            [float(v) for v in d.ImageOrientationPatient], series.orientation, atol=1e-6
+        )
+        np.testing.assert_allclose([float(v) for v in d.PixelSpacing], series.pixel_spacing)
+        assert float(d.SliceThickness) == pytest.approx(series.slice_spacing)
+        assert (d.BitsAllocated, d.SamplesPerPixel) == (16, 1)
+        assert d.PhotometricInterpretation == "MONOCHROME2"
+        assert "RescaleSlope" in d and "RescaleIntercept" in d
+        assert float(d.WindowWidth) > 0 and "WindowCenter" in d
+        assert d.pixel_array.shape == (series.rows, series.columns)

@@ -59,7 +59,7 @@ def observe_translation(report: Any, *, load: float, write: float) -> None:
 
 
 def output_filename(input_filename: str, model_name: str, suffix: str) -> str:
-    stem = re.sub(r"(\.nii(\.gz)?|\.gz)$", "", input_filename, flags=re.IGNORECASE) or "image"
+    stem = re.sub(r"(\.nii(\.gz)?|\.gz|\.zip)$", "", input_filename, flags=re.IGNORECASE) or "image"
     return f"{stem}_{model_name}{suffix}"
 
 
@@ -149,6 +149,8 @@ class WorkerRuntime:
     def _translate(self, job: JobRecord) -> tuple[JobState, JobError | None, JobOutput | None]:
         import nibabel as nib
 
+        from jobs.dicom_intake import DicomRejected
+        from midiffusion.io.dicom_series import DicomDecodeError
         from midiffusion.pipeline.translate import TranslationCancelled, TranslationInputError
         from model_store import ModelIntegrityError, ModelNotFoundError
 
@@ -167,7 +169,13 @@ class WorkerRuntime:
 
             stage = time.perf_counter()
             translator = self.translator(spec.model_name, spec.model_version)
-            image = nib.load(self.storage.path(spec.input_key))
+            layout = None
+            if spec.input_kind == "dicom":
+                from worker import dicom_job
+
+                layout, image = dicom_job.load(self.storage, spec.input_key)
+            else:
+                image = nib.load(self.storage.path(spec.input_key))
             load_seconds = time.perf_counter() - stage
             warnings: list[str] = []
             reset_peak_memory(translator.device)
@@ -184,7 +192,17 @@ class WorkerRuntime:
             stage = time.perf_counter()
             uncertainty_key = self._write_uncertainty(job, report.uncertainty)
             try:
-                output = self._write_output(job, report.image, tuple(warnings))
+                if layout is not None and spec.output_format == "dicom":
+                    output = dicom_job.write_series(
+                        self.storage,
+                        job,
+                        layout,
+                        report.image,
+                        translator.card.target_modality,
+                        tuple(warnings),
+                    )
+                else:
+                    output = self._write_output(job, report.image, tuple(warnings))
             except BaseException:
                 self.storage.delete(uncertainty_key)  # no map without its result
                 raise
@@ -204,6 +222,8 @@ class WorkerRuntime:
                 )
             return JobState.CANCELLED, None, None
         except TranslationInputError as exc:
+            return JobState.FAILED, JobError("invalid_input", str(exc)), None
+        except (DicomRejected, DicomDecodeError) as exc:
             return JobState.FAILED, JobError("invalid_input", str(exc)), None
         except ModelNotFoundError as exc:
             return JobState.FAILED, JobError("model_not_found", str(exc)), None

@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import time
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from jobs import TERMINAL_STATES, JobRecord, JobState
+from jobs.study_index import jobs_for_study
 from service.context import Ctx, GatewayContext, Principal
 from service.problems import Problem
 from service.result_parts import result_part
+from service.routers.dicomweb import multipart_series, wants_dicomweb
 from service.schemas import JobOut, job_out
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -38,6 +40,19 @@ def _job_response(ctx: GatewayContext, job: JobRecord, status: int = 200) -> JSO
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+@router.get("", summary="The caller's jobs on one DICOM study")
+def list_jobs(
+    principal: Principal,
+    ctx: Ctx,
+    study: str = Query(
+        ..., min_length=1, max_length=64, pattern=r"^[0-9.]+$", description="StudyInstanceUID"
+    ),
+) -> JSONResponse:
+    now = time.time()
+    found = jobs_for_study(ctx.jobs, principal, study)
+    return JSONResponse({"jobs": [job_out(j, now=now).model_dump(mode="json") for j in found]})
+
+
 @router.get("/{job_id}", response_model=JobOut, summary="A job's state, progress and timings")
 def get_job(
     job_id: str,
@@ -52,8 +67,9 @@ def get_result(
     job_id: str,
     principal: Principal,
     ctx: Ctx,
+    request: Request,
     part: str | None = None,
-) -> FileResponse:
+) -> Response:
     job = _load(ctx, job_id, principal)
     if job.state is not JobState.SUCCEEDED or job.output is None:
         hint = (
@@ -75,6 +91,11 @@ def get_result(
     path = ctx.storage.path(job.output.key)
     if not path.is_file():
         raise Problem(410, "result-gone", "the job's result file is no longer stored")
+    if job.output.content_type == "application/zip" and wants_dicomweb(
+        request.headers.get("accept", "")
+    ):
+        body, media_type = multipart_series(path)  # the derived series, as DICOMweb
+        return StreamingResponse(body, media_type=media_type)
     return FileResponse(path, media_type=job.output.content_type, filename=job.output.filename)
 
 

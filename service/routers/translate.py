@@ -12,13 +12,14 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from jobs import JobRecord, JobSpec
+from jobs import JobRecord
 from service import metrics
 from service.context import Ctx, GatewayContext, Principal
-from service.nifti_check import ACCEPTED, NiftiRejected, check_nifti, suffix_for
+from service.dicom_check import is_dicom_upload, pack
+from service.nifti_check import suffix_for
 from service.problems import Problem
-from service.queueing import enqueue
 from service.schemas import JobOut, OutputFormat, TranslateParams, job_out
+from service.submission import DICOM_FILENAME, StoredInput, submit_stored
 from service.uploads import ReceivedUpload, receive_upload
 
 router = APIRouter(tags=["jobs"])
@@ -38,7 +39,8 @@ def _parse_params(fields: dict[str, str], max_steps: int) -> TranslateParams:
             422,
             "invalid-parameters",
             f"{reasons}. Accepted: model = a name from GET /models (or name:version); "
-            f"steps = 1..{max_steps}; seed = 0..4294967295; output_format = nifti or png",
+            f"steps = 1..{max_steps}; seed = 0..4294967295; output_format = nifti or png "
+            "(NIfTI input), dicom (the default), nifti or png (DICOM input)",
         ) from exc
     if params.steps is not None and params.steps > max_steps:
         raise Problem(
@@ -57,74 +59,41 @@ def _submit(
 ) -> tuple[JobRecord, bool]:
     """Blocking part of a submission (runs in a thread): returns (job, replayed)."""
     card = ctx.models.resolve(params.model)
-    key = ctx.storage.key("in", job_id, suffix_for(upload.first_bytes))
-    ctx.storage.commit(upload.partial, key)
-    try:
+    if is_dicom_upload(upload.first_bytes, len(upload.partials)):
+        key = ctx.storage.key("in", job_id, ".zip")
+        partial = ctx.storage.partial_path(key)
         try:
-            summary = check_nifti(ctx.storage.path(key), output_format=params.output_format.value)
-        except NiftiRejected as exc:
-            raise Problem(422, "invalid-nifti", str(exc), accepted=ACCEPTED) from exc
-        scoped = None
-        if idempotency_key is not None:
-            # Scoped by caller: two clients choosing the same key never see each other's jobs.
-            scoped = hashlib.sha256(f"{principal}\0{idempotency_key}".encode()).hexdigest()
-        spec = JobSpec(
-            created_at=time.time(),
-            principal=principal,
-            model_name=card.name,
-            model_version=card.version,
-            steps=params.steps,
-            seed=params.seed,
-            output_format=params.output_format.value,
-            input_key=key,
-            input_filename=upload.filename,
-            input_bytes=upload.size,
-            input_shape=list(summary.shape),
-            input_voxel_size=list(summary.voxel_size),
-            idempotency_key=scoped,
-        )
-        hit = ctx.jobs.create(job_id, spec, fingerprint=upload.fingerprint)
-    except BaseException:
-        ctx.storage.delete(key)
-        raise
-    if hit is not None:
-        ctx.storage.delete(key)  # the first request's upload is the one kept
-        if hit.fingerprint != upload.fingerprint:
-            raise Problem(
-                422,
-                "idempotency-key-reused",
-                "this Idempotency-Key was already used with a different request body; "
-                "use a new key for a new request",
-                job_id=hit.job_id,
-            )
-        existing = ctx.jobs.get(hit.job_id)
-        if existing is None:
-            raise Problem(409, "idempotency-conflict", "the earlier job for this key is gone")
-        return existing, True
-    try:
-        enqueue(ctx.celery, ctx.jobs, job_id)
-    except Exception as exc:
-        ctx.jobs.delete(job_id)
-        ctx.storage.delete(key)
-        raise Problem(
-            503,
-            "queue-unavailable",
-            f"the job queue cannot be reached ({type(exc).__name__}); nothing was queued, "
-            "try again later",
-        ) from exc
-    metrics.JOBS_SUBMITTED.labels(card.name).inc()
-    metrics.UPLOAD_BYTES.inc(upload.size)
-    metrics.UPLOAD_SIZE.observe(upload.size)
-    job = ctx.jobs.get(job_id)
-    assert job is not None
-    return job, False
+            pack(upload.partials, upload.first_bytes, partial)
+            ctx.storage.commit(partial, key)
+        finally:
+            partial.unlink(missing_ok=True)
+        stored = StoredInput(key, "dicom", DICOM_FILENAME, upload.size, upload.fingerprint)
+    else:
+        key = ctx.storage.key("in", job_id, suffix_for(upload.first_bytes))
+        ctx.storage.commit(upload.partial, key)
+        stored = StoredInput(key, "nifti", upload.filename, upload.size, upload.fingerprint)
+    scoped = None
+    if idempotency_key is not None:
+        # Scoped by caller: two clients choosing the same key never see each other's jobs.
+        scoped = hashlib.sha256(f"{principal}\0{idempotency_key}".encode()).hexdigest()
+    return submit_stored(
+        ctx,
+        job_id,
+        stored,
+        card=card,
+        steps=params.steps,
+        seed=params.seed,
+        output_format=params.output_format.value if params.output_format else None,
+        principal=principal,
+        idempotency_key=scoped,
+    )
 
 
 @router.post(
     "/translate",
     status_code=202,
     response_model=JobOut,
-    summary="Submit a NIfTI for translation",
+    summary="Submit a NIfTI, or a DICOM series (file parts or one zip), for translation",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -134,11 +103,19 @@ def _submit(
                         "type": "object",
                         "required": ["file"],
                         "properties": {
-                            "file": {"type": "string", "format": "binary"},
+                            "file": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": "one NIfTI; or a DICOM series: one part per "
+                                "instance, or one zip of them",
+                            },
                             "model": {"type": "string"},
                             "steps": {"type": "integer", "minimum": 1},
                             "seed": {"type": "integer", "minimum": 0},
-                            "output_format": {"type": "string", "enum": ["nifti", "png"]},
+                            "output_format": {
+                                "type": "string",
+                                "enum": ["nifti", "png", "dicom"],
+                            },
                         },
                     }
                 }
@@ -173,7 +150,7 @@ async def translate(
                 _submit, ctx, job_id, upload, params, principal, idempotency_key
             )
         finally:
-            upload.partial.unlink(missing_ok=True)  # committed (renamed) already, or unwanted
+            upload.discard()  # committed (renamed or packed) already, or unwanted
     except Problem as problem:
         metrics.SUBMISSIONS_REJECTED.labels(problem.code).inc()
         raise

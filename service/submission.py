@@ -1,0 +1,138 @@
+"""The one path from a stored input to a queued job: check it, record it, enqueue it.
+
+``POST /translate`` (NIfTI or DICOM) and ``POST /dicomweb/studies`` (one job per series) both come
+through :func:`submit_stored`; the C-STORE listener is a client of ``POST /translate``. So a
+series is checked, recorded and counted alike whichever way it arrived.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jobs import JobRecord, JobSpec
+from jobs.study_index import record_study
+from service import metrics
+from service.context import GatewayContext
+from service.dicom_check import ACCEPTED as DICOM_ACCEPTED
+from service.dicom_check import DicomRejected, check_dicom
+from service.nifti_check import ACCEPTED as NIFTI_ACCEPTED
+from service.nifti_check import NiftiRejected, check_nifti
+from service.problems import Problem
+from service.queueing import enqueue
+
+DICOM_FILENAME = "dicom-series.zip"  # never the client's name: it may carry the patient's
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    key: str  # the committed storage key (``in/<job id>.zip`` for DICOM)
+    kind: str  # "nifti" or "dicom"
+    filename: str
+    size: int
+    fingerprint: str | None = None
+
+
+def resolve_output_format(kind: str, requested: str | None) -> str:
+    if kind == "dicom":
+        return requested or "dicom"
+    if requested == "dicom":
+        raise Problem(
+            422,
+            "invalid-parameters",
+            "output_format=dicom needs a DICOM input (the derived series copies the source "
+            "series' patient, study and geometry); for a NIfTI input use nifti or png",
+        )
+    return requested or "nifti"
+
+
+def _describe(ctx: GatewayContext, stored: StoredInput, output_format: str) -> dict[str, Any]:
+    path = ctx.storage.path(stored.key)
+    if stored.kind == "dicom":
+        try:
+            summary = check_dicom(path, output_format=output_format)
+        except DicomRejected as exc:
+            raise Problem(422, "invalid-dicom", str(exc), accepted=DICOM_ACCEPTED) from exc
+        return {
+            "input_shape": list(summary.shape),
+            "input_voxel_size": list(summary.voxel_size),
+            "input_kind": "dicom",
+            "dicom_study_uid": summary.study_uid,
+            "dicom_series_uid": summary.series_uid,
+            "dicom_instances": summary.instances,
+        }
+    try:
+        nifti = check_nifti(path, output_format=output_format)
+    except NiftiRejected as exc:
+        raise Problem(422, "invalid-nifti", str(exc), accepted=NIFTI_ACCEPTED) from exc
+    return {"input_shape": list(nifti.shape), "input_voxel_size": list(nifti.voxel_size)}
+
+
+def submit_stored(
+    ctx: GatewayContext,
+    job_id: str,
+    stored: StoredInput,
+    *,
+    card: Any,
+    steps: int | None,
+    seed: int,
+    output_format: str | None,
+    principal: str,
+    idempotency_key: str | None = None,
+) -> tuple[JobRecord, bool]:
+    """Check, record and enqueue a job whose input is stored under ``stored.key`` (blocking:
+    run it in a thread). Returns (job, replayed). The input is deleted when nothing is queued."""
+    try:
+        fmt = resolve_output_format(stored.kind, output_format)
+        spec = JobSpec(
+            created_at=time.time(),
+            principal=principal,
+            model_name=card.name,
+            model_version=card.version,
+            steps=steps,
+            seed=seed,
+            output_format=fmt,
+            input_key=stored.key,
+            input_filename=stored.filename,
+            input_bytes=stored.size,
+            idempotency_key=idempotency_key,
+            **_describe(ctx, stored, fmt),
+        )
+        hit = ctx.jobs.create(job_id, spec, fingerprint=stored.fingerprint)
+    except BaseException:
+        ctx.storage.delete(stored.key)
+        raise
+    if hit is not None:
+        ctx.storage.delete(stored.key)  # the first request's upload is the one kept
+        if hit.fingerprint != stored.fingerprint:
+            raise Problem(
+                422,
+                "idempotency-key-reused",
+                "this Idempotency-Key was already used with a different request body; "
+                "use a new key for a new request",
+                job_id=hit.job_id,
+            )
+        existing = ctx.jobs.get(hit.job_id)
+        if existing is None:
+            raise Problem(409, "idempotency-conflict", "the earlier job for this key is gone")
+        return existing, True
+    try:
+        enqueue(ctx.celery, ctx.jobs, job_id)
+    except Exception as exc:
+        ctx.jobs.delete(job_id)
+        ctx.storage.delete(stored.key)
+        raise Problem(
+            503,
+            "queue-unavailable",
+            f"the job queue cannot be reached ({type(exc).__name__}); nothing was queued, "
+            "try again later",
+        ) from exc
+    if spec.dicom_study_uid is not None:
+        record_study(ctx.jobs, principal, spec.dicom_study_uid, job_id)
+    metrics.JOBS_SUBMITTED.labels(card.name).inc()
+    metrics.UPLOAD_BYTES.inc(stored.size)
+    metrics.UPLOAD_SIZE.observe(stored.size)
+    job = ctx.jobs.get(job_id)
+    assert job is not None
+    return job, False

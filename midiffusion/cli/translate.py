@@ -1,7 +1,11 @@
 """``midiffusion translate INPUT -m MODEL -o OUTPUT``: one image through a stored model.
 
 Inputs and outputs: NIfTI (.nii, .nii.gz; 3D volumes or 2D slices, geometry kept) and PNG (a 2D
-greyscale slice). A PNG input is a slice as a viewer shows it (``PNG_AFFINE``: anterior up, the
+greyscale slice). A DICOM series comes in as a folder of its instances or a zip of them (checked
+by the same rules as the service's, ``jobs.dicom_intake``); its output is a derived series (a
+``.zip`` of instances, or a folder for any other name) or a NIfTI.
+
+A PNG input is a slice as a viewer shows it (``PNG_AFFINE``: anterior up, the
 patient's right on the right); a PNG output needs a single-slice result. Intensities are
 normalised as ``Translator.translate`` does.
 
@@ -40,7 +44,11 @@ class TranslateCLIError(ValueError):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help="a .nii/.nii.gz volume or slice, or a .png slice")
+    parser.add_argument(
+        "input",
+        type=Path,
+        help="a .nii/.nii.gz volume or slice, a .png slice, or a DICOM series (folder or .zip)",
+    )
     parser.add_argument(
         "-m", "--model", help="model name (default: the store's default model for the mode)"
     )
@@ -48,7 +56,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--version", type=int, help="model version (default: the aliased one, else the latest)"
     )
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="output .nii, .nii.gz or .png"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output .nii, .nii.gz or .png; for a DICOM input also .zip or a folder (the "
+        "derived series)",
     )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
     parser.add_argument(
@@ -96,7 +109,56 @@ def _kind(path: Path, role: str) -> str:
         return "nifti"
     if name.endswith(PNG_SUFFIX):
         return "png"
-    raise TranslateCLIError(f"{role} {path}: unknown file type; accepted: .nii, .nii.gz, .png")
+    if role == "input" and (path.is_dir() or name.endswith(".zip")):
+        return "dicom"
+    if role == "output" and (name.endswith(".zip") or path.is_dir() or "." not in name):
+        return "dicom"
+    raise TranslateCLIError(
+        f"{role} {path}: unknown file type; accepted: .nii, .nii.gz, .png, or a DICOM series "
+        "(a folder or a .zip)"
+    )
+
+
+def _load_dicom(path: Path):
+    """(layout, image) of a DICOM series in a folder or a zip (the service's intake rules)."""
+    from jobs.dicom_intake import DicomRejected, folder_entries, plan_upload, zip_entries
+    from midiffusion.io.dicom_series import read_volume
+
+    if not path.exists():
+        raise ImageFormatError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            layout = plan_upload(folder_entries(path), keep_bytes=True)
+        else:
+            with open(path, "rb") as fh:
+                layout = plan_upload(zip_entries(fh), keep_bytes=True)
+    except DicomRejected as exc:
+        raise TranslateCLIError(f"{path}: {exc}") from exc
+    return layout, read_volume(layout)
+
+
+def _save_dicom(layout, result, card, args: argparse.Namespace) -> Path:
+    import zipfile
+
+    from midiffusion.io.dicom_series import Derivation, derived_series, volume01
+    from model_store.files import atomic_path
+
+    derivation = Derivation(
+        card.name, card.version, card.target_modality, steps=args.steps, seed=args.seed
+    )
+    instances = derived_series(layout, volume01(result), derivation)
+    out = Path(args.output)
+    if out.name.lower().endswith(".zip"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for n, (_, blob) in enumerate(instances, 1):
+                zf.writestr(f"{n:05d}.dcm", blob)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for n, (_, blob) in enumerate(instances, 1):
+        with atomic_path(out / f"{n:05d}.dcm") as tmp:
+            tmp.write_bytes(blob)
+    return out
 
 
 def _load_input(path: Path) -> nib.Nifti1Image:
@@ -138,7 +200,16 @@ def choose_model(store, name: str | None, version: int | None, mode: str):
 def translate_file(args: argparse.Namespace) -> Path:
     # File problems are reported before torch and the model are loaded (seconds on a CPU).
     out_kind = _kind(args.output, "output")
-    image = _load_input(args.input)
+    layout = None
+    if _kind(args.input, "input") == "dicom":
+        layout, image = _load_dicom(args.input)
+    elif out_kind == "dicom":
+        raise TranslateCLIError(
+            f"output {args.output}: a derived DICOM series needs a DICOM input (its patient, "
+            "study and geometry are copied); write .nii, .nii.gz or .png"
+        )
+    else:
+        image = _load_input(args.input)
     if out_kind == "png" and len([s for s in image.shape if s > 1]) > 2:
         raise TranslateCLIError(
             f"{args.input} is a volume of shape {image.shape}: a PNG output holds one slice; "
@@ -187,6 +258,8 @@ def translate_file(args: argparse.Namespace) -> Path:
             progress=progress,
             warn=lambda message: bar.write(f"warning: {message}", file=sys.stderr),
         )
+    if out_kind == "dicom":
+        return _save_dicom(layout, result, card, args)
     if out_kind == "png":
         return save_png(np.asarray(result.dataobj, np.float32).squeeze(), args.output)
     return save_nifti(result, args.output)

@@ -133,3 +133,15 @@ def tiny_model_store(tmp_path_factory: pytest.TempPathFactory, tiny_training_set
     store = ModelStore(tmp_path_factory.mktemp("store"))
     store.publish(card, weights)
     return store
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc with DICOMweb on free loopback ports (``tests/orthanc_support.py``)."""
+    from orthanc_support import missing, running_orthanc
+
+    reason = missing()
+    if reason is not None:
+        pytest.fail(reason)
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("midiffusion.cli.models", "list, show, verify and publish stored models"),
     "translate": (
         "midiffusion.cli.translate",
-        "translate a NIfTI volume or PNG slice with a stored model",
+        "translate a NIfTI volume, a PNG slice or a DICOM series with a stored model",
     ),
     "evaluate": (
         "midiffusion.cli.evaluate",
@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (
         "midiffusion.cli.serve",
         "run the REST gateway (and an embedded worker when no Redis is configured)",
+    ),
+    "dicom-listen": (
+        "midiffusion.cli.dicom_listen",
+        "a DICOM C-STORE listener: each series received becomes a job, its result is sent on",
     ),
 }
 

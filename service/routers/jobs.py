@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from jobs import TERMINAL_STATES, JobRecord, JobState
+from jobs.push_status import get_push
 from jobs.study_index import jobs_for_study
 from service.context import Ctx, GatewayContext, Principal
 from service.problems import Problem
@@ -37,6 +38,9 @@ def _job_response(ctx: GatewayContext, job: JobRecord, status: int = 200) -> JSO
     if job.state not in TERMINAL_STATES:
         headers["Retry-After"] = str(ctx.settings.retry_after_s)
     body = job_out(job, now=time.time()).model_dump(mode="json")
+    push = get_push(ctx.jobs, job.id)
+    if push is not None:  # a DICOM job sent on to a PACS: state, attempts, last error
+        body["push"] = push
     return JSONResponse(body, status_code=status, headers=headers)
 
 

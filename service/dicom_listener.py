@@ -153,6 +153,11 @@ class Listener:
         self._server: Any = None
         self.outcomes: dict[str, str] = {}  # job id -> what happened (for tests and logs)
 
+    def pending_counts(self) -> dict[str, int]:
+        """Instances held per series, not yet quiet for long enough."""
+        with self._lock:
+            return {uid: len(p.instances) for uid, p in self._pending.items()}
+
     # -- C-STORE
     def _on_store(self, event: Any) -> int:
         try:

@@ -142,40 +142,32 @@ def test_orthanc_sends_a_series_to_the_listener_and_gets_the_derived_one_back(
         _no_patient_data(httpx.get(f"{gateway}/metrics").text)
 
 
-def test_stow_rs_to_the_gateway_is_pushed_back_to_orthanc_by_stow_rs(
+def test_orthanc_stows_a_study_to_the_gateway_and_the_result_is_pushed_back_by_stow_rs(
     orthanc: Orthanc, tiny_model_store, tmp_path: Path
 ) -> None:
     series = make_series(slices=12, size=(128, 128), orientation=oblique(28), slice_spacing=4.0)
     stow_url = f"{orthanc.url}/dicom-web/studies"
     with _gateway(tmp_path, tiny_model_store.root, MIDIFF_PACS_STOW_URL=stow_url) as gateway:
-        boundary = "b0undary"
-        body = (
-            b"".join(
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + blob + b"\r\n"
-                for blob in series.instances
-            )
-            + f"--{boundary}--\r\n".encode()
-        )
-        content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-        response = httpx.post(
-            f"{gateway}/dicomweb/studies?steps=2",
-            content=body,
-            headers={**AUTH, "Content-Type": content_type},
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
-        (job_id,) = {
-            r["00081190"]["Value"][0].rsplit("/", 1)[1]
-            for r in response.json()["00081199"]["Value"]
-        }
+        orthanc.store(series.instances)
+        with orthanc.client() as c:
+            (study,) = c.post(
+                "/tools/lookup", content=series.study_uid
+            ).json()  # Orthanc's id of the study
+            # the README's DICOMweb server entry, with the gateway's API key as a header
+            server = {"Url": f"{gateway}/dicomweb/", "HttpHeaders": {"X-API-Key": API_KEY}}
+            c.put("/dicom-web/servers/midiff", json=server).raise_for_status()
+            sent = c.post("/dicom-web/servers/midiff/stow", json={"Resources": [study["ID"]]})
+            assert sent.status_code == 200, sent.text
+
+        (job,) = httpx.get(f"{gateway}/jobs?study={series.study_uid}", headers=AUTH).json()["jobs"]
         derived = _derived_series(orthanc, series.study_uid, 12)
         check_derived(series, derived, "tiny", 1)
 
         def pushed() -> dict | None:
-            job = httpx.get(f"{gateway}/jobs/{job_id}", headers=AUTH).json()
-            return job if job.get("push", {}).get("state") == "pushed" else None
+            record = httpx.get(f"{gateway}/jobs/{job['id']}", headers=AUTH).json()
+            return record if record.get("push", {}).get("state") == "pushed" else None
 
-        job = wait_for(pushed, timeout=60, what="the job's push state")
-        assert job["push"]["attempts"] == 1 and job["push"]["last_error"] is None
-        assert job["push"]["destination"] == f"STOW-RS {stow_url}"
+        record = wait_for(pushed, timeout=60, what="the job's push state")
+        assert record["push"]["attempts"] == 1 and record["push"]["last_error"] is None
+        assert record["push"]["destination"] == f"STOW-RS {stow_url}"
         _no_patient_data((tmp_path / "serve.log").read_text())

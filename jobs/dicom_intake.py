@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
+import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -48,6 +49,10 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: an index, skippe
 PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) little / big endian
 ZIP_MAGIC = b"PK\x03\x04"
 DICM_OFFSET = 128
+
+# pydicom's checks of values it reads warn and log with the value itself, and a value here may
+# be a patient's name or birth date: the intake judges what it needs and reports nothing else.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 MIN_INPLANE = 16
 MAX_DIM = 2048

@@ -240,3 +240,28 @@ def test_zip_caps_hold_before_anything_is_kept() -> None:
         list(zip_entries(bomb.getvalue(), Limits(max_entry_bytes=2 * 1024 * 1024)))
     with pytest.raises(DicomRejected, match="cannot be read"):
         list(zip_entries(b"PK\x03\x04 broken"))
+
+
+def test_odd_patient_values_reach_no_warning_or_log(caplog) -> None:
+    """pydicom's value checks quote what they read; none of a patient's data may come out."""
+    import logging
+    import warnings
+
+    from pydicom.dataelem import DataElement
+
+    secret = "SECRETVALUE"
+    ds = _read(make_series(slices=3, size=(32, 32), shuffle=False).instances[0])
+    ds["PatientName"] = DataElement(0x00100010, "PN", f"{secret}^" + "X" * 70)
+    ds["PatientBirthDate"] = DataElement(0x00100030, "DA", f"{secret}!")
+    ds["PatientAge"] = DataElement(0x00101010, "AS", f"{secret}")
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layout = plan_upload([buffer.getvalue()], keep_bytes=True)
+        out = derived_series(layout, read_volume(layout).get_fdata() / 1000, DERIVATION)
+        derived = _read(out[0][1])
+        assert secret in str(derived.PatientName)  # copied as it was, not reported
+    assert all(secret not in str(w.message) for w in caught)
+    assert secret not in caplog.text

@@ -76,8 +76,18 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+# The first tag of a data set written without the Part 10 preamble (some exporters do that):
+# group 0002 (file meta) or 0008 (identification), little endian.
+RAW_DATASET_STARTS = (b"\x02\x00", b"\x08\x00")
+
+
 def is_dicom_part10(head: bytes) -> bool:
     return head[DICM_OFFSET : DICM_OFFSET + 4] == b"DICM"
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """A Part 10 file, or a bare data set (no preamble). A NIfTI starts with 348 or 540."""
+    return is_dicom_part10(head) or head[:2] in RAW_DATASET_STARTS
 
 
 def is_zip(head: bytes) -> bool:
@@ -167,17 +177,42 @@ class Instance:
 def read_header(data: bytes | BinaryIO, position: int) -> Instance | None:
     """The instance's header, or None for a DICOMDIR (an index, not an instance)."""
     fh: Any = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    start = fh.tell()
+    head = fh.read(DICM_OFFSET + 4)
+    fh.seek(start)
+    refusal = (
+        f"file {position} of the upload is not a readable DICOM file (Part 10: a 128-byte "
+        f"preamble, then DICM; or a bare data set); {_acc()}"
+    )
+    if not looks_like_dicom(head):
+        raise DicomRejected(refusal)
     try:
-        header = pydicom.dcmread(fh, stop_before_pixels=True)
+        # force: a bare data set has no preamble; what it holds is checked below all the same
+        header = pydicom.dcmread(fh, stop_before_pixels=True, force=not is_dicom_part10(head))
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise DicomRejected(
-            f"file {position} of the upload is not a readable DICOM Part 10 file (a 128-byte "
-            f"preamble, then DICM); {_acc()}"
-        ) from exc
+        raise DicomRejected(refusal) from exc
+    if "SOPClassUID" not in header and "SOPInstanceUID" not in header:
+        raise DicomRejected(refusal)
+    _fill_transfer_syntax(header)
     if str(header.file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
         return None
     has_pixels = fh.read(4) in PIXEL_TAGS
     return Instance(position, header, has_pixels, data if isinstance(data, bytes) else None)
+
+
+def _fill_transfer_syntax(header: Dataset) -> None:
+    """A bare data set names no transfer syntax: record the encoding it was read with."""
+    if "TransferSyntaxUID" in header.get("file_meta", Dataset()):
+        return
+    implicit, little = header.original_encoding
+    syntax = (
+        pydicom.uid.ImplicitVRLittleEndian
+        if implicit
+        else (pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+    )
+    if not hasattr(header, "file_meta"):
+        header.file_meta = pydicom.dataset.FileMetaDataset()
+    header.file_meta.TransferSyntaxUID = syntax
 
 
 def read_headers(blobs: Iterable[bytes], *, keep_bytes: bool = False) -> list[Instance]:
@@ -340,6 +375,8 @@ def _check_instance(inst: Instance) -> None:
             f"{where} has no pixel data (7FE0,0010); every instance needs its image"
         )
     syntax = pydicom.uid.UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    if not syntax.is_transfer_syntax:
+        raise DicomRejected(f"{where} names no known transfer syntax ({syntax or 'none'})")
     if syntax.is_compressed:
         from pydicom.pixels import get_decoder  # only when needed: it loads the plugins
 

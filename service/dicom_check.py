@@ -18,8 +18,8 @@ from jobs.dicom_intake import (
     DEFAULT_LIMITS,
     DicomRejected,
     Limits,
-    is_dicom_part10,
     is_zip,
+    looks_like_dicom,
     plan_upload,
     zip_entries,
 )
@@ -39,7 +39,7 @@ class DicomSummary:
 
 def is_dicom_upload(first_bytes: bytes, parts: int) -> bool:
     """Several parts, a zip, or a Part 10 file: a DICOM upload (a NIfTI is one part, never)."""
-    return parts > 1 or is_zip(first_bytes) or is_dicom_part10(first_bytes)
+    return parts > 1 or is_zip(first_bytes) or looks_like_dicom(first_bytes)
 
 
 def pack(parts: list[Path], first_bytes: bytes, target: Path) -> None:

@@ -265,3 +265,39 @@ def test_odd_patient_values_reach_no_warning_or_log(caplog) -> None:
         assert secret in str(derived.PatientName)  # copied as it was, not reported
     assert all(secret not in str(w.message) for w in caught)
     assert secret not in caplog.text
+
+
+def test_bare_data_sets_without_the_part10_preamble_are_read() -> None:
+    """Some exporters write the data set alone (implicit VR, no preamble, no file meta)."""
+    from service.dicom_check import is_dicom_upload
+
+    series = make_series(slices=5, size=(40, 40), orientation=oblique(10))
+    bare = []
+    for blob in series.instances:
+        ds = _read(blob)
+        del ds.file_meta
+        ds.preamble = None
+        buffer = io.BytesIO()
+        ds.save_as(buffer, implicit_vr=True, little_endian=True)
+        bare.append(buffer.getvalue())
+    assert bare[0][128:132] != b"DICM" and is_dicom_upload(bare[0][:132], 1)
+    reference = read_volume(plan_upload(series.instances, keep_bytes=True))
+    layout = plan_upload(bare, keep_bytes=True)
+    np.testing.assert_array_equal(read_volume(layout).get_fdata(), reference.get_fdata())
+    np.testing.assert_allclose(read_volume(layout).affine, reference.affine)
+    out = derived_series(layout, reference.get_fdata() / 1000, DERIVATION)
+    assert _read(out[0][1]).StudyInstanceUID == series.study_uid
+
+
+def test_an_unknown_compressed_syntax_is_refused_by_name() -> None:
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML
+
+    s = make_series(slices=2, size=(32, 32))
+    ds = _read(s.instances[0])
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.PixelData = encapsulate([b"\0" * 64])
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    message = _refused([buffer.getvalue()])
+    assert "MPEG2" in message and "cannot decode" in message

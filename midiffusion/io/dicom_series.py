@@ -14,6 +14,7 @@ slice's geometry copied from the source slice at the same place in the stack.
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,14 @@ PATIENT_STUDY_TAGS = (
     "StudyDescription",
     "FrameOfReferenceUID",
     "PositionReferenceIndicator",
+)
+
+
+GEOMETRY_TAGS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
 )
 
 
@@ -112,6 +121,15 @@ def _pixels(ds: Dataset, position: int) -> np.ndarray:
         ) from exc
 
 
+def _dataset(data: bytes, header: Dataset) -> Dataset:
+    """The whole instance; a bare data set (no preamble) gets the syntax the header found."""
+    bare = data[128:132] != b"DICM"
+    ds = pydicom.dcmread(io.BytesIO(data), force=bare)
+    if bare:
+        ds.file_meta = header.file_meta
+    return ds
+
+
 def read_volume(layout: Layout) -> nib.Nifti1Image:
     """The series as a float32 NIfTI volume (rescale applied, MONOCHROME1 inverted)."""
     volume = np.empty(layout.shape, dtype=np.float32)
@@ -121,7 +139,7 @@ def read_volume(layout: Layout) -> nib.Nifti1Image:
         if ref.instance not in decoded:
             if inst.data is None:
                 raise ValueError("the layout was planned without keeping the instances' bytes")
-            decoded = {ref.instance: _pixels(pydicom.dcmread(io.BytesIO(inst.data)), k + 1)}
+            decoded = {ref.instance: _pixels(_dataset(inst.data, inst.header), k + 1)}
             # one instance decoded at a time: a series sorted along the stack rarely revisits
         pixels = decoded[ref.instance]
         plane = pixels[ref.frame] if ref.frame is not None and pixels.ndim == 3 else pixels
@@ -221,11 +239,17 @@ def derived_series(
         )[:1024]
         ds.SourceImageSequence = sources
         ds.ContributingEquipmentSequence = equipment
-        # geometry: the source slice at this place in the stack
+        # geometry: the source slice at this place in the stack, its own values where it has
+        # them (a single-frame instance), so they come back exactly as they were written
         ds.ImagePositionPatient = [_ds(v) for v in ref.position]
         ds.ImageOrientationPatient = iop
         ds.PixelSpacing = [_ds(v) for v in layout.pixel_spacing]
         ds.SliceThickness = _ds(thickness)
+        if ref.frame is None:
+            own = layout.instances[ref.instance].header
+            for keyword in GEOMETRY_TAGS:
+                if keyword in own and own[keyword].value not in (None, ""):
+                    ds[keyword] = copy.deepcopy(own[keyword])
         ds.SpacingBetweenSlices = _ds(float(np.linalg.norm(layout.slice_step)))
         normal = np.cross(layout.row_cosines, layout.column_cosines)
         ds.SliceLocation = _ds(float(np.dot(ref.position, normal)))

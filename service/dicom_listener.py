@@ -195,28 +195,49 @@ class Listener:
 
     # -- one series: submit, wait, send the result on
     def _process(self, pending: _Pending) -> None:
+        try:
+            self._run(pending)
+        except Exception:  # one series' trouble must not stop the others
+            log.exception("a series of %d instances could not be processed", len(pending.instances))
+
+    def _submit(self, pending: _Pending) -> str | None:
+        """Submit through ``POST /translate``: a refusal (4xx) is final; an unreachable or
+        unready gateway (5xx) is tried again, a bounded number of times."""
         fields = {}
         if self.settings.dicom_model:
             fields["model"] = self.settings.dicom_model
         if self.settings.dicom_steps:
             fields["steps"] = str(self.settings.dicom_steps)
-        try:
-            job_id = self.gateway.submit(pending.instances, fields)
-        except urllib.error.HTTPError as exc:
-            code = "?"
-            with contextlib.suppress(ValueError):
-                code = json.loads(exc.read()).get("code", "?")
-            log.warning(
-                "a series of %d instances was refused: HTTP %d (%s)",
-                len(pending.instances),
-                exc.code,
-                code,
-            )
-            return
-        except (urllib.error.URLError, OSError) as exc:
-            log.error(
-                "the gateway cannot be reached (%s); a series was not submitted", type(exc).__name__
-            )
+        for attempt in range(1, self.settings.push_attempts + 1):
+            try:
+                return self.gateway.submit(pending.instances, fields)
+            except urllib.error.HTTPError as exc:
+                code = "?"
+                with contextlib.suppress(ValueError):
+                    code = json.loads(exc.read()).get("code", "?")
+                if exc.code < 500:
+                    log.warning(
+                        "a series of %d instances was refused: HTTP %d (%s)",
+                        len(pending.instances),
+                        exc.code,
+                        code,
+                    )
+                    return None
+                reason = f"HTTP {exc.code} ({code})"
+            except (urllib.error.URLError, OSError) as exc:
+                reason = f"unreachable ({type(exc).__name__})"
+            log.warning("submitting a series, attempt %d: the gateway is %s", attempt, reason)
+            if attempt < self.settings.push_attempts:
+                self._stop.wait(self.settings.push_backoff_s * 2 ** (attempt - 1))
+        log.error(
+            "a series of %d instances was not submitted: gateway unavailable",
+            len(pending.instances),
+        )
+        return None
+
+    def _run(self, pending: _Pending) -> None:
+        job_id = self._submit(pending)
+        if job_id is None:
             return
         log.info("job %s: submitted a series of %d instances", job_id, len(pending.instances))
         self.outcomes[job_id] = "submitted"

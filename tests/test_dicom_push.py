@@ -105,3 +105,37 @@ def test_the_listener_accepts_only_its_callers_and_groups_by_series(listener: Li
     finally:
         assoc.release()
     assert listener.pending_counts() == {a.series_uid: 4, b.series_uid: 3}
+
+
+def test_a_quiet_series_is_submitted_and_retried_while_the_gateway_is_down(caplog) -> None:
+    import logging
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+    from test_service_support import wait_for
+
+    caplog.set_level(logging.INFO, logger="midiffusion.dicom_listener")
+    settings = ListenerSettings(
+        dicom_host="127.0.0.1",
+        dicom_port=free_port(),
+        dicom_stable_seconds=0.3,
+        gateway_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        push_attempts=2,
+        push_backoff_s=0.01,
+    )
+    listener = Listener(settings)
+    listener.start()
+    try:
+        caller = AE(ae_title="ANYAE")
+        caller.add_requested_context(MRImageStorage)
+        assoc = caller.associate("127.0.0.1", settings.dicom_port, ae_title="MIDIFF")
+        series = make_series(slices=3, size=(32, 32))
+        for blob in series.instances:
+            assert assoc.send_c_store(dcmread(io.BytesIO(blob))).Status == 0x0000
+        assoc.release()
+        wait_for(lambda: "was not submitted" in caplog.text, timeout=30, what="the give-up")
+    finally:
+        listener.stop()
+    assert caplog.text.count("submitting a series, attempt") == 2
+    assert listener.pending_counts() == {}
+    assert PATIENT_NAME not in caplog.text and PATIENT_NAME.split("^")[0] not in caplog.text

@@ -1,13 +1,12 @@
 """The rules a DICOM series must meet before it becomes a job, in one place.
 
-The gateway runs them on headers only (``stop_before_pixels``) before it queues a job; the worker,
-the command line, the STOW-RS route and the C-STORE listener run the same ones, so an upload is
-judged alike wherever it comes in. Torch-free: pydicom and numpy only.
+The gateway runs them on headers only (``stop_before_pixels``) before it queues a job; the
+worker, the command line, the STOW-RS route and the C-STORE listener run the same ones, so an
+upload is judged alike wherever it comes in. Archives (a zip, a folder) are opened by
+``jobs.dicom_archive``. Torch-free: pydicom and numpy only.
 
-An upload is a list of instances (Part 10 bytes). A zip of them is read in memory, with caps on
-the entry count and on each entry's and the total expanded size; no path from an archive ever
-touches the filesystem. Instances are sorted along the slice normal, and the LPS geometry of the
-sorted stack becomes the affine.
+An upload is a list of instances (Part 10 files, or bare data sets). They are sorted along the
+slice normal, and the LPS geometry of the sorted stack becomes the affine.
 
 Refusals (:class:`DicomRejected`) name the problem and what is accepted, never a value from the
 files: entries are named by their position in the upload, and patient data never appears.
@@ -16,10 +15,8 @@ files: entries are named by their position in the upload, and patient data never
 from __future__ import annotations
 
 import io
-import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -47,7 +44,6 @@ IMAGE_SOP_CLASSES = {
 }
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: an index, skipped
 PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) little / big endian
-ZIP_MAGIC = b"PK\x03\x04"
 DICM_OFFSET = 128
 
 # pydicom's checks of values it reads warn and log with the value itself, and a value here may
@@ -66,16 +62,6 @@ class DicomRejected(ValueError):
     """The upload is not an acceptable DICOM series; the message says what was wrong."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_entries: int = 4096
-    max_entry_bytes: int = 256 * 1024 * 1024
-    max_total_bytes: int = 2 * 1024 * 1024 * 1024
-
-
-DEFAULT_LIMITS = Limits()
-
-
 # The first tag of a data set written without the Part 10 preamble (some exporters do that):
 # group 0002 (file meta) or 0008 (identification), little endian.
 RAW_DATASET_STARTS = (b"\x02\x00", b"\x08\x00")
@@ -88,77 +74,6 @@ def is_dicom_part10(head: bytes) -> bool:
 def looks_like_dicom(head: bytes) -> bool:
     """A Part 10 file, or a bare data set (no preamble). A NIfTI starts with 348 or 540."""
     return is_dicom_part10(head) or head[:2] in RAW_DATASET_STARTS
-
-
-def is_zip(head: bytes) -> bool:
-    return head[:4] == ZIP_MAGIC
-
-
-# -- archives ---------------------------------------------------------------------------------
-
-
-def _capped_read(fh: BinaryIO, cap: int, what: str) -> bytes:
-    data = fh.read(cap + 1)
-    if len(data) > cap:
-        raise DicomRejected(f"{what} expands to more than {cap // (1024 * 1024)} MiB")
-    return data
-
-
-def zip_entries(
-    source: Path | bytes | BinaryIO, limits: Limits = DEFAULT_LIMITS
-) -> Iterator[bytes]:
-    """The bytes of each file in a zip, in memory, within ``limits`` (declared sizes are checked
-    first, and the real expanded bytes as they are read: a zip can lie about them)."""
-    handle: Any = io.BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        archive = zipfile.ZipFile(handle)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DicomRejected(
-            f"the zip archive cannot be read (damaged or not a zip); {_acc()}"
-        ) from exc
-    with archive:
-        infos = [i for i in archive.infolist() if not i.is_dir()]
-        if len(infos) > limits.max_entries:
-            raise DicomRejected(
-                f"the zip holds {len(infos)} files; at most {limits.max_entries} are accepted"
-            )
-        if sum(i.file_size for i in infos) > limits.max_total_bytes:
-            raise DicomRejected(
-                f"the zip expands to more than {limits.max_total_bytes // (1024 * 1024)} MiB"
-            )
-        total = 0
-        for n, info in enumerate(infos, 1):
-            what = f"zip entry {n}"
-            if info.flag_bits & 0x1:
-                raise DicomRejected(f"{what} is encrypted; send an unencrypted zip")
-            if info.file_size > limits.max_entry_bytes:
-                raise DicomRejected(
-                    f"{what} expands to more than {limits.max_entry_bytes // (1024 * 1024)} MiB"
-                )
-            try:
-                with archive.open(info) as fh:
-                    data = _capped_read(fh, limits.max_entry_bytes, what)
-            except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as exc:
-                raise DicomRejected(
-                    f"{what} cannot be decompressed (damaged or unsupported)"
-                ) from exc
-            total += len(data)
-            if total > limits.max_total_bytes:
-                raise DicomRejected(
-                    f"the zip expands to more than {limits.max_total_bytes // (1024 * 1024)} MiB"
-                )
-            yield data
-
-
-def folder_entries(folder: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[bytes]:
-    """Every file under ``folder`` (a series exported to disk), within ``limits``."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-    if len(files) > limits.max_entries:
-        raise DicomRejected(f"the folder holds {len(files)} files; at most {limits.max_entries}")
-    for path in files:
-        if path.stat().st_size > limits.max_entry_bytes:
-            raise DicomRejected(f"{path.name} is larger than {limits.max_entry_bytes} bytes")
-        yield path.read_bytes()
 
 
 # -- headers ----------------------------------------------------------------------------------
@@ -531,11 +446,3 @@ def _check_size(rows: int, columns: int, n: int) -> None:
 def plan_upload(blobs: Iterable[bytes], *, keep_bytes: bool = False) -> SeriesLayout:
     """Headers, checks and order of one upload's instances (``keep_bytes`` for the pixels)."""
     return plan_series(read_headers(blobs, keep_bytes=keep_bytes))
-
-
-def group_by_series(blobs: Iterable[bytes]) -> dict[str, list[Instance]]:
-    """Instances (bytes kept) by SeriesInstanceUID, for routes that take several series."""
-    groups: dict[str, list[Instance]] = {}
-    for inst in read_headers(blobs, keep_bytes=True):
-        groups.setdefault(str(inst.header.get("SeriesInstanceUID", "")), []).append(inst)
-    return groups

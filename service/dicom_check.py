@@ -13,16 +13,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.dicom_intake import (
-    ACCEPTED,
-    DEFAULT_LIMITS,
-    DicomRejected,
-    Limits,
-    is_zip,
-    looks_like_dicom,
-    plan_upload,
-    zip_entries,
-)
+from jobs.dicom_archive import DEFAULT_LIMITS, Limits, is_zip, zip_entries
+from jobs.dicom_intake import ACCEPTED, DicomRejected, looks_like_dicom, plan_upload
 
 __all__ = ["ACCEPTED", "DicomRejected", "DicomSummary", "check_dicom", "is_dicom_upload", "pack"]
 

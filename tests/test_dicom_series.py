@@ -23,7 +23,8 @@ from dicom_support import (
 from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless
 
-from jobs.dicom_intake import DicomRejected, Limits, plan_upload, zip_entries
+from jobs.dicom_archive import Limits, zip_entries
+from jobs.dicom_intake import DicomRejected, plan_upload
 from midiffusion.io.dicom_series import Derivation, derived_series, read_volume
 
 DERIVATION = Derivation("tiny", 3, "T1w", steps=4, seed=1)

@@ -8,7 +8,8 @@ import zipfile
 from typing import Any
 
 from jobs import JobOutput, JobRecord
-from jobs.dicom_intake import DicomRejected, SeriesLayout, plan_upload, zip_entries
+from jobs.dicom_archive import zip_entries
+from jobs.dicom_intake import DicomRejected, SeriesLayout, plan_upload
 from jobs.storage import LocalStorage
 
 ZIP_CONTENT_TYPE = "application/zip"

@@ -121,7 +121,8 @@ def _kind(path: Path, role: str) -> str:
 
 def _load_dicom(path: Path):
     """(layout, image) of a DICOM series in a folder or a zip (the service's intake rules)."""
-    from jobs.dicom_intake import DicomRejected, folder_entries, plan_upload, zip_entries
+    from jobs.dicom_archive import folder_entries, zip_entries
+    from jobs.dicom_intake import DicomRejected, plan_upload
     from midiffusion.io.dicom_series import read_volume
 
     if not path.exists():

@@ -171,3 +171,37 @@ def test_orthanc_stows_a_study_to_the_gateway_and_the_result_is_pushed_back_by_s
         assert record["push"]["attempts"] == 1 and record["push"]["last_error"] is None
         assert record["push"]["destination"] == f"STOW-RS {stow_url}"
         _no_patient_data((tmp_path / "serve.log").read_text())
+
+
+def test_a_translate_job_is_pushed_to_orthanc_by_c_store(
+    orthanc: Orthanc, tiny_model_store, tmp_path: Path
+) -> None:
+    series = make_series(slices=12, size=(128, 128), orientation=oblique(8), slice_spacing=2.5)
+    dimse = {
+        "MIDIFF_PACS_AE": orthanc.aet,
+        "MIDIFF_PACS_HOST": "127.0.0.1",
+        "MIDIFF_PACS_PORT": str(orthanc.dicom_port),
+    }
+    with _gateway(tmp_path, tiny_model_store.root, **dimse) as gateway:
+        response = httpx.post(
+            f"{gateway}/translate",
+            files={"file": ("series.zip", series.zip_bytes())},
+            data={"steps": "2"},
+            headers=AUTH,
+            timeout=60,
+        )
+        assert response.status_code == 202, response.text
+        derived = _derived_series(orthanc, series.study_uid, 12)
+        check_derived(series, derived, "tiny", 1)
+        job = wait_for(
+            lambda: (
+                (j := httpx.get(f"{gateway}/jobs/{response.json()['id']}", headers=AUTH).json())
+                .get("push", {})
+                .get("state")
+                == "pushed"
+                and j
+            ),
+            timeout=60,
+            what="the job's push state",
+        )
+        assert job["push"]["destination"] == f"C-STORE {orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"

@@ -302,3 +302,11 @@ def test_an_unknown_compressed_syntax_is_refused_by_name() -> None:
     ds.save_as(buffer)
     message = _refused([buffer.getvalue()])
     assert "MPEG2" in message and "cannot decode" in message
+
+
+def test_monochrome1_is_inverted_so_dense_stays_bright_in_the_volume() -> None:
+    s = make_series(slices=3, size=(32, 32), shuffle=False)
+    blobs = [_edit(b, PhotometricInterpretation="MONOCHROME1") for b in s.instances]
+    normal = read_volume(plan_upload(s.instances, keep_bytes=True)).get_fdata()
+    inverted = read_volume(plan_upload(blobs, keep_bytes=True)).get_fdata()
+    np.testing.assert_allclose(inverted, -normal)

@@ -138,19 +138,20 @@ class WorkerRuntime:
         finally:
             metrics.BUSY.set(0)
         self.jobs.finish(job_id, state, now=time.time(), error=error, output=output)
-        if state is JobState.SUCCEEDED and output is not None and job.spec.output_format == "dicom":
-            from worker.pacs import push_result
-
-            try:
-                push_result(self.settings, self.jobs, self.storage, job_id, output)
-            except Exception:  # the job stays succeeded; its push record says how far it got
-                log.exception("job %s: the push to the PACS failed", job_id)
         metrics.RUN_TIME.labels(state.value).observe(time.perf_counter() - t0)
         metrics.JOBS_FINISHED.labels(state.value).inc()
         if error:
             log.info("job %s %s: %s: %s", job_id, state.value, error.code, error.message)
         else:
             log.info("job %s %s", job_id, state.value)
+        if state is JobState.SUCCEEDED and output is not None and job.spec.output_format == "dicom":
+            # after the job is finished: its result is downloadable while the push is tried
+            from worker.pacs import push_result
+
+            try:
+                push_result(self.settings, self.jobs, self.storage, job_id, output)
+            except Exception:  # the job stays succeeded; its push record says how far it got
+                log.exception("job %s: the push to the PACS failed", job_id)
         return state.value
 
     def _translate(self, job: JobRecord) -> tuple[JobState, JobError | None, JobOutput | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import weakref
 from typing import Any
 
 from jobs.records import JobStore
@@ -18,9 +19,14 @@ from jobs.sqlite_store import SQLiteJobStore
 _TABLE = "CREATE TABLE IF NOT EXISTS job_push (job_id TEXT PRIMARY KEY, status TEXT NOT NULL)"
 
 
+_READY: weakref.WeakSet[SQLiteJobStore] = weakref.WeakSet()  # stores whose table exists
+
+
 def _sqlite(store: SQLiteJobStore) -> sqlite3.Connection:
     db = store._db()
-    db.execute(_TABLE)
+    if store not in _READY:
+        db.execute(_TABLE)
+        _READY.add(store)
     return db
 
 

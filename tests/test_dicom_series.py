@@ -310,3 +310,12 @@ def test_monochrome1_is_inverted_so_dense_stays_bright_in_the_volume() -> None:
     normal = read_volume(plan_upload(s.instances, keep_bytes=True)).get_fdata()
     inverted = read_volume(plan_upload(blobs, keep_bytes=True)).get_fdata()
     np.testing.assert_allclose(inverted, -normal)
+
+
+def test_a_series_without_a_frame_of_reference_gets_one_for_the_whole_derived_series() -> None:
+    s = make_series(slices=4, size=(32, 32))
+    blobs = [_edit(b, FrameOfReferenceUID=None) for b in s.instances]
+    layout = plan_upload(blobs, keep_bytes=True)
+    out = derived_series(layout, read_volume(layout).get_fdata() / 1000, DERIVATION)
+    frames = {str(_read(blob).FrameOfReferenceUID) for _, blob in out}
+    assert len(frames) == 1 and frames != {s.frame_of_reference_uid} and frames != {""}

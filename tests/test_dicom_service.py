@@ -148,6 +148,9 @@ def test_one_zip_comes_back_as_a_derived_series_or_as_nifti(service: Service, se
 
     done = service.wait(nifti_job.json()["id"])
     assert done["state"] == "succeeded", done["error"]
+    accept = {**AUTH, "Accept": 'multipart/related; type="application/dicom"'}
+    refused = service.client.get(f"/jobs/{done['id']}/result", headers=accept)
+    assert refused.status_code == 406 and "output_format=dicom" in refused.json()["detail"]
     result = service.client.get(f"/jobs/{done['id']}/result", headers=AUTH)
     image = nib.Nifti1Image.from_bytes(gzip.decompress(result.content))
     expected = plan_upload(series.instances).affine_ras()

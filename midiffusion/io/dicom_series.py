@@ -199,6 +199,8 @@ def derived_series(
         raise ValueError(f"volume shape {volume01.shape} differs from the series' {layout.shape}")
     source = layout.instances[layout.slices[0].instance].header
     series_uid = generate_uid()
+    # the geometry needs a frame of reference: the source's, or a new one for the whole series
+    frame_of_reference = str(source.get("FrameOfReferenceUID", "")) or generate_uid()
     sop_class = CT_IMAGE_STORAGE if derivation.target_modality.upper() == "CT" else MR_IMAGE_STORAGE
     now = datetime.now(UTC)
     centre, width = _window(volume01)
@@ -213,6 +215,7 @@ def derived_series(
             if keyword in source:
                 ds[keyword] = source[keyword]
         sop_uid = generate_uid()
+        ds.FrameOfReferenceUID = frame_of_reference
         ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = sop_uid
         ds.Modality = "CT" if sop_class == CT_IMAGE_STORAGE else "MR"

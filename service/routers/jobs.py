@@ -95,9 +95,14 @@ def get_result(
     path = ctx.storage.path(job.output.key)
     if not path.is_file():
         raise Problem(410, "result-gone", "the job's result file is no longer stored")
-    if job.output.content_type == "application/zip" and wants_dicomweb(
-        request.headers.get("accept", "")
-    ):
+    if wants_dicomweb(request.headers.get("accept", "")):
+        if job.output.content_type != "application/zip":
+            raise Problem(
+                406,
+                "not-acceptable",
+                f"this job's result is {job.output.content_type}; DICOMweb multipart is for "
+                "jobs with output_format=dicom",
+            )
         body, media_type = multipart_series(path)  # the derived series, as DICOMweb
         return StreamingResponse(body, media_type=media_type)
     return FileResponse(path, media_type=job.output.content_type, filename=job.output.filename)

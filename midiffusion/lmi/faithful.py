@@ -58,9 +58,15 @@ COMPUTE_DTYPE = torch.float32
 SPARSE_CPU_KERNEL = True
 
 
-def use_sparse_kernel(device: torch.device) -> bool:
-    """Whether faithful LMI on ``device`` runs the compiled CPU kernel (else the torch path)."""
-    return SPARSE_CPU_KERNEL and device.type == "cpu" and faithful_sparse.available()
+def use_sparse_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether faithful LMI on ``device`` in ``dtype`` runs the compiled CPU kernel (float32 only:
+    its log2 works on float32 bits), else the torch path."""
+    return (
+        SPARSE_CPU_KERNEL
+        and device.type == "cpu"
+        and dtype == torch.float32
+        and faithful_sparse.available()
+    )
 
 
 @lru_cache(maxsize=4)
@@ -228,7 +234,7 @@ def faithful_lmi(
     centres = torch.linspace(0, 255, n_bins, device=device, dtype=torch.float32).to(COMPUTE_DTYPE)
     table = torch.exp(-0.5 * ((levels[:, None] - centres[None, :]) / kernel_std) ** 2)
 
-    if use_sparse_kernel(device):
+    if use_sparse_kernel(device, COMPUTE_DTYPE):
         scores = faithful_sparse.candidate_scores(
             q_src, q_tgt, lo, table, wrap_pairing(p), kernel_std, normalized, EPS
         )

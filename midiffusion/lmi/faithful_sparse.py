@@ -88,8 +88,9 @@ def _log2_constants() -> np.ndarray:
     return np.array([1.0 / math.log(2.0), 1.0, *series], dtype=np.float32)
 
 
-def _marginal(table, idx, pdf, eps, n_samples):
-    """pdf = mean_n table[idx[n]], divided by (its sum + eps), as published."""
+def _marginal(table, idx, pdf, eps, one, inv_samples):
+    """pdf = mean_n table[idx[n]], divided by (its sum + eps), as published (the divisions are
+    multiplications by reciprocals, which moves a value by at most one rounding)."""
     pdf[:] = 0
     for n in range(idx.shape[0]):
         row = table[idx[n]]
@@ -97,11 +98,11 @@ def _marginal(table, idx, pdf, eps, n_samples):
             pdf[k] += row[k]
     total = pdf[0] - pdf[0]
     for k in range(pdf.shape[0]):
-        pdf[k] = pdf[k] / n_samples
+        pdf[k] = pdf[k] * inv_samples
         total += pdf[k]
-    total += eps
+    inv_total = one / (total + eps)
     for k in range(pdf.shape[0]):
-        pdf[k] = pdf[k] / total
+        pdf[k] = pdf[k] * inv_total
 
 
 def _band(level, reach, spacing, n_bins):
@@ -113,9 +114,9 @@ def _band(level, reach, spacing, n_bins):
 
 def _rows(q_src, q_tgt, lo, table, row_sums, sigma, p, consts, log2c, scores, y0, y1):
     """scores[y, x, d] for output rows y0 <= y < y1 of one image (q_*: padded grey levels).
-    consts: eps, 2, P, normalized (1 or 0), kernel std in grey levels."""
-    eps, two, n_samples = consts[0], consts[1], consts[2]
-    normalized, std = consts[3] > 0, float(consts[4])
+    consts: eps, 1, 2, 1 / P, normalized (1 or 0), kernel std in grey levels."""
+    eps, one, two, inv_samples = consts[0], consts[1], consts[2], consts[3]
+    normalized, std = consts[4] > 0, float(consts[5])
     n_cand = sigma.shape[0]
     n_bins = table.shape[1]
     spacing = 255.0 / (n_bins - 1)
@@ -135,7 +136,7 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, p, consts, log2c, scores, y0
                 for b in range(p):
                     src[a * p + b] = q_src[y + a, x + b] - lo
                     neigh[a * p + b] = q_tgt[y + a, x + b] - lo
-            _marginal(table, src, pdf, eps, n_samples)
+            _marginal(table, src, pdf, eps, one, inv_samples)
             h_u = _sum_neg_plogp(pdf, n_bins, eps, work, exps, log2c)
             for d in range(n_cand):
                 for n in range(n_cand):
@@ -154,7 +155,7 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, p, consts, log2c, scores, y0
                     scores[y, x, d] = scores[y, x, same]
                     continue
                 tgt = cand[d]
-                _marginal(table, tgt, pdf, eps, n_samples)
+                _marginal(table, tgt, pdf, eps, one, inv_samples)
                 h_w = _sum_neg_plogp(pdf, n_bins, eps, work, exps, log2c)
 
                 # The joint's total from row sums, then its entries on the samples' bands only.
@@ -185,10 +186,11 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, p, consts, log2c, scores, y0
                             a_k = row_u[k]
                             for m in range(bands[n, 2], bands[n, 3] + 1):
                                 joint[k, m] += a_k * row_w[m]
+                    inv_z = one / z
                     size = 0
                     for k in range(k_lo, k_hi + 1):
                         for m in range(l_lo, l_hi + 1):
-                            flat[size] = joint[k, m] / z
+                            flat[size] = joint[k, m] * inv_z
                             size += 1
                     h_uw = _sum_neg_plogp(flat, size, eps, work, exps, log2c)
                 mi = h_u + h_w - h_uw
@@ -231,7 +233,7 @@ def candidate_scores(
     tab = table.cpu().numpy()
     row_sums = tab.sum(1)
     sig = sigma.cpu().numpy().astype(np.int64)
-    consts = np.array([eps, 2.0, sig.shape[0], normalized, kernel_std], dtype=tab.dtype)
+    consts = np.array([eps, 1.0, 2.0, 1 / sig.shape[0], normalized, kernel_std], dtype=tab.dtype)
     log2c = _log2_constants()
     src_np = q_src.cpu().numpy().astype(np.int64)
     tgt_np = q_tgt.cpu().numpy().astype(np.int64)

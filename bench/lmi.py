@@ -251,7 +251,6 @@ def main(argv: list[str] | None = None) -> int:
 def _dense_deviation() -> float:
     """Largest |similarity| gap of the dense computation to the published reference vectors."""
     import numpy as np
-
     from lmi_dense import dense_faithful_similarity
 
     with np.load(REFERENCE) as data:

@@ -14,19 +14,22 @@ and touch none. This kernel computes, per pixel and candidate:
   first such bin is smaller still, so the joint mass left out is below about 100 tau over all
   samples, i.e. 1e-10 of the normalised joint. That is true in the epsilon-dominated regime too
   (all targets out of range, S ~ eps), where tau scales down with S;
-- the entropy terms -p log2(p + eps) with a logarithm only where p > 1e-11. Below that,
-  p << eps, so log2(p + eps) = log2(eps) + O(p / eps) and the term is -p log2(eps) to within
-  1.4e-12 p: those entries are summed and multiplied once.
+- the entropy terms -p log2(p + eps) of every marginal bin and every bin of the joint's box
+  (the rectangle around all sample rectangles; the bins outside it hold less than tau), with a
+  float32 log2 written so that the compiler vectorises it (``_sum_neg_plogp``).
 
-Together the left-out terms move an entropy by less than 1e-8, far under the float32 rounding
-(~1e-6) that separates any two correct implementations; the arithmetic is float32 like the
-published code (float64 when the caller's table is float64, to check it). Candidates whose target
-samples equal an earlier candidate's get that candidate's score, so ties stay exact and the first
-candidate in row-major order wins, as published. The scores go back to :mod:`faithful`, which does
-the argmax and builds the outputs as for its torch path.
+The mass left out moves an entropy by less than 1e-8 bits (33 bits per unit of mass at most), far
+under the float32 rounding (~1e-6) that separates any two correct implementations. The arithmetic
+is float32 like the published code; divisions by the normaliser are multiplications by its
+reciprocal, and sums may be reassociated and fused, which changes only the rounding. Candidates
+whose target samples equal an earlier candidate's get that candidate's score, so ties stay exact
+and the first candidate in row-major order wins, as published. The scores go back to
+:mod:`faithful`, which does the argmax and builds the outputs as for its torch path. Rows of the
+image are split over ``torch.get_num_threads()`` threads (the kernel releases the GIL).
 
-numba is a CPU-only dependency: on other devices, or when it cannot be imported, the torch path of
-:mod:`midiffusion.lmi.faithful` runs instead (``available()`` says which).
+numba is a CPU-only dependency. The kernel compiles on first use (seconds) and is cached next to
+this file, or in the user's cache folder where that is read-only. On other devices, for float64,
+or when numba cannot be imported, the torch path of :mod:`faithful` runs instead.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def _band(level, reach, spacing, n_bins):
     return first, last
 
 
-def _rows(q_src, q_tgt, lo, table, row_sums, sigma, p, consts, log2c, scores, y0, y1):
+def _rows(q_src, q_tgt, lo, table, row_sums, sigma, groups, p, consts, log2c, scores, y0, y1):
     """scores[y, x, d] for output rows y0 <= y < y1 of one image (q_*: padded grey levels).
     consts: eps, 1, 2, 1 / P, normalized (1 or 0), kernel std in grey levels."""
     eps, one, two, inv_samples = consts[0], consts[1], consts[2], consts[3]
@@ -132,7 +132,8 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, p, consts, log2c, scores, y0
     src = np.empty(n_cand, dtype=np.int64)
     neigh = np.empty(n_cand, dtype=np.int64)
     cand = np.empty((n_cand, n_cand), dtype=np.int64)
-    bands = np.empty((n_cand, 4), dtype=np.int64)
+    bands = np.empty((n_cand, 2), dtype=np.int64)
+    pieces = np.empty((n_cand, 4), dtype=np.int64)
     for y in range(y0, y1):
         for x in range(width):
             for a in range(p):
@@ -168,30 +169,47 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, p, consts, log2c, scores, y0
                 z = total + eps
                 # Kernel value >= REL_TAU * z within this many grey levels (+1 for rounding).
                 reach = std * math.sqrt(2.0 * math.log(1.0 / (REL_TAU * float(z)))) + 1.0
-                k_lo, k_hi, l_lo, l_hi = n_bins, -1, n_bins, -1
                 for n in range(n_cand):
-                    k0, k1 = _band(src[n] + lo, reach, spacing, n_bins)
-                    l0, l1 = _band(tgt[n] + lo, reach, spacing, n_bins)
+                    bands[n, 0], bands[n, 1] = _band(src[n] + lo, reach, spacing, n_bins)
+                # One outer product per distinct target pixel m of this candidate:
+                # sum_{n -> m} phi(u_n) (x) phi(w_m), with its source rows added first.
+                k_lo, k_hi, l_lo, l_hi = n_bins, -1, n_bins, -1
+                for g in range(n_cand):
+                    members = groups[d, g, 1]
+                    if members == 0:
+                        break
+                    l0, l1 = _band(neigh[groups[d, g, 0]] + lo, reach, spacing, n_bins)
+                    k0, k1 = n_bins, -1
+                    for i in range(members):
+                        n = groups[d, g, 2 + i]
+                        if bands[n, 0] <= bands[n, 1]:
+                            k0, k1 = min(k0, bands[n, 0]), max(k1, bands[n, 1])
                     if k0 > k1 or l0 > l1:
-                        k1 = -1  # this sample's outer product is below tau everywhere
+                        k1 = -1  # this pixel's outer product is below tau everywhere
                     else:
                         k_lo, k_hi = min(k_lo, k0), max(k_hi, k1)
                         l_lo, l_hi = min(l_lo, l0), max(l_hi, l1)
-                    bands[n, 0], bands[n, 1], bands[n, 2], bands[n, 3] = k0, k1, l0, l1
+                    pieces[g, 0], pieces[g, 1], pieces[g, 2], pieces[g, 3] = k0, k1, l0, l1
                 h_uw = z_zero
                 if k_hi >= 0:
                     # The joint's box k_lo..k_hi x l_lo..l_hi, row-major and contiguous.
                     box_w = l_hi - l_lo + 1
                     size = (k_hi - k_lo + 1) * box_w
                     joint[:size] = 0
-                    for n in range(n_cand):
-                        if bands[n, 1] < 0:
+                    for g in range(n_cand):
+                        members = groups[d, g, 1]
+                        if members == 0:
+                            break
+                        k0, k1, l0, l1 = pieces[g, 0], pieces[g, 1], pieces[g, 2], pieces[g, 3]
+                        if k1 < 0:
                             continue
-                        u, w = src[n], tgt[n]
-                        for k in range(bands[n, 0], bands[n, 1] + 1):
-                            a_k = table[u, k]
+                        w = neigh[groups[d, g, 0]]
+                        for k in range(k0, k1 + 1):
+                            a_k = table[src[groups[d, g, 2]], k]
+                            for i in range(1, members):
+                                a_k += table[src[groups[d, g, 2 + i]], k]
                             row = (k - k_lo) * box_w - l_lo
-                            for m in range(bands[n, 2], bands[n, 3] + 1):
+                            for m in range(l0, l1 + 1):
                                 joint[row + m] += a_k * table[w, m]
                     # Normalised by 1 / (S + eps) as the entropy reads it.
                     h_uw = _sum_neg_plogp(joint, size, one / z, eps, work, exps, log2c)
@@ -214,6 +232,19 @@ if numba is not None:
     _marginal = _jit(_marginal)
     _band = _jit(_band)
     _rows = _jit(_rows)
+
+
+def _groups(sigma: np.ndarray) -> np.ndarray:
+    """groups[d, g] = (target pixel m, count c, the c source samples n with sigma[d, n] = m, ...)
+    for the distinct target pixels of candidate d in order of first use; c = 0 ends the list."""
+    n_cand = sigma.shape[0]
+    groups = np.zeros((n_cand, n_cand, n_cand + 2), dtype=np.int64)
+    for d in range(n_cand):
+        targets = list(dict.fromkeys(sigma[d].tolist()))
+        for g, m in enumerate(targets):
+            members = [n for n in range(n_cand) if sigma[d, n] == m]
+            groups[d, g, : 2 + len(members)] = [m, len(members), *members]
+    return groups
 
 
 def candidate_scores(
@@ -245,7 +276,7 @@ def candidate_scores(
     bounds = [height * t // threads for t in range(threads + 1)]
 
     def run(b: int, t: int) -> None:
-        image = (src_np[b], tgt_np[b], lo, tab, row_sums, sig, p, consts, log2c)
+        image = (src_np[b], tgt_np[b], lo, tab, row_sums, sig, _groups(sig), p, consts, log2c)
         _rows(*image, scores[b], bounds[t], bounds[t + 1])
 
     jobs = [(b, t) for b in range(batch) for t in range(threads)]

@@ -109,10 +109,11 @@ def _marginal(table, idx, pdf, eps, one, inv_samples):
         pdf[k] = pdf[k] * inv_total
 
 
-def _band(level, reach, spacing, n_bins):
-    """First and last bin within ``reach`` grey levels of ``level`` (empty when first > last)."""
-    first = max(0, math.ceil((level - reach) / spacing))
-    last = min(n_bins - 1, math.floor((level + reach) / spacing))
+def _band(level, reach, per_level, n_bins):
+    """First and last bin within ``reach`` grey levels of ``level`` (empty when first > last);
+    per_level = 1 / bin spacing in grey levels."""
+    first = max(0, math.ceil((level - reach) * per_level))
+    last = min(n_bins - 1, math.floor((level + reach) * per_level))
     return first, last
 
 
@@ -123,7 +124,7 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, groups, p, consts, log2c, sc
     normalized, std = consts[4] > 0, float(consts[5])
     n_cand = sigma.shape[0]
     n_bins = table.shape[1]
-    spacing = 255.0 / (n_bins - 1)
+    per_level = (n_bins - 1) / 255.0
     width = scores.shape[1]
     joint = np.zeros(n_bins * n_bins, dtype=table.dtype)
     work = np.empty(n_bins * n_bins, dtype=table.dtype)
@@ -170,7 +171,7 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, groups, p, consts, log2c, sc
                 # Kernel value >= REL_TAU * z within this many grey levels (+1 for rounding).
                 reach = std * math.sqrt(2.0 * math.log(1.0 / (REL_TAU * float(z)))) + 1.0
                 for n in range(n_cand):
-                    bands[n, 0], bands[n, 1] = _band(src[n] + lo, reach, spacing, n_bins)
+                    bands[n, 0], bands[n, 1] = _band(src[n] + lo, reach, per_level, n_bins)
                 # One outer product per distinct target pixel m of this candidate:
                 # sum_{n -> m} phi(u_n) (x) phi(w_m), with its source rows added first.
                 k_lo, k_hi, l_lo, l_hi = n_bins, -1, n_bins, -1
@@ -178,7 +179,7 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, groups, p, consts, log2c, sc
                     members = groups[d, g, 1]
                     if members == 0:
                         break
-                    l0, l1 = _band(neigh[groups[d, g, 0]] + lo, reach, spacing, n_bins)
+                    l0, l1 = _band(neigh[groups[d, g, 0]] + lo, reach, per_level, n_bins)
                     k0, k1 = n_bins, -1
                     for i in range(members):
                         n = groups[d, g, 2 + i]

@@ -35,6 +35,7 @@ or when numba cannot be imported, the torch path of :mod:`faithful` runs instead
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -221,18 +222,24 @@ def _rows(q_src, q_tgt, lo, table, row_sums, sigma, groups, p, consts, log2c, sc
                     scores[y, x, d] = mi
 
 
+def _compile(fn: Callable[..., object], fastmath: set[str]) -> Callable[..., object]:
+    """numba-compile ``fn``, cached on disk where numba finds a writable cache folder.
+
+    error_model="numpy" drops Python's division-by-zero checks (divisors are >= eps), which would
+    stop the loops from vectorising; "contract" allows fused multiply-adds and "reassoc" lets a
+    sum vectorise. Both change rounding only (~1e-7)."""
+    options = {"nogil": True, "error_model": "numpy", "fastmath": fastmath}
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError:  # no writable cache folder: compile in every process instead
+        return numba.njit(**options)(fn)
+
+
 if numba is not None:
-    # error_model="numpy": no Python division-by-zero checks (divisors are >= eps), which would
-    # stop the loops from vectorising.
-    # "contract" allows fused multiply-adds. Reassociation lets the entropy's sum vectorise.
-    # Both change rounding only (~1e-7).
-    _jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-    _sum_neg_plogp = numba.njit(
-        cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"}
-    )(_sum_neg_plogp)
-    _marginal = _jit(_marginal)
-    _band = _jit(_band)
-    _rows = _jit(_rows)
+    _sum_neg_plogp = _compile(_sum_neg_plogp, {"reassoc", "contract"})
+    _marginal = _compile(_marginal, {"contract"})
+    _band = _compile(_band, {"contract"})
+    _rows = _compile(_rows, {"contract"})
 
 
 def _groups(sigma: np.ndarray) -> np.ndarray:

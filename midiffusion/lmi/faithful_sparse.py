@@ -13,7 +13,9 @@ and touch none. This kernel computes, per pixel and candidate:
   tau = 1e-12 (S + eps): a bin beyond it holds less than tau, and the Gaussian tail past the
   first such bin is smaller still, so the joint mass left out is below about 100 tau over all
   samples, i.e. 1e-10 of the normalised joint. That is true in the epsilon-dominated regime too
-  (all targets out of range, S ~ eps), where tau scales down with S;
+  (all targets out of range, S ~ eps), where tau scales down with S. Under the wrap rule a
+  candidate pairs its P source samples with only 4 to P distinct target pixels, so the source
+  rows that share a target pixel are added first: one outer product per target pixel;
 - the entropy terms -p log2(p + eps) of every marginal bin and every bin of the joint's box
   (the rectangle around all sample rectangles; the bins outside it hold less than tau), with a
   float32 log2 written so that the compiler vectorises it (``_sum_neg_plogp``).

@@ -3,6 +3,8 @@
     python bench/lmi.py                 # 1 and 16 slices of 128x128, CPU (and GPU when present)
     python bench/lmi.py --memory-256    # also the memory bound: 16 slices of 256x256 (1 timed call)
     python bench/lmi.py --threads 1     # torch intra-op threads (default: all cores)
+    python bench/lmi.py --published     # also the published operator's dense computation
+                                        # (bench/lmi_dense.py) on 1 x 128x128, and the ratio
 
 Time: median of 5 calls after one warm-up call, wall clock and process CPU time (all threads
 summed; on a shared machine it is the steadier figure). Peak memory: each configuration runs in a
@@ -69,7 +71,12 @@ def measure_one(mode: str, batch: int, size: int, device: str, repeats: int) -> 
 
     def call() -> None:
         with torch.no_grad():
-            local_mutual_information(src, tgt, mode=mode)
+            if mode == "published":
+                from lmi_dense import dense_faithful_similarity
+
+                dense_faithful_similarity(src, tgt)
+            else:
+                local_mutual_information(src, tgt, mode=mode)
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -172,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-256", action="store_true", help="also 16 x 256x256")
     parser.add_argument("--estimator", action="store_true", help="bandwidth-rule measurements")
+    parser.add_argument(
+        "--published", action="store_true", help="also the published dense computation, 1 x 128"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # mode,batch,size,device (subprocess)
     args = parser.parse_args(argv)
     if args.threads:
@@ -198,31 +208,57 @@ def main(argv: list[str] | None = None) -> int:
         f"{'device':6} {'mode':9} {'batch x size':>13} {'median ms':>10} {'ms/slice':>9} "
         f"{'CPU ms':>8} {'peak MB':>8}"
     )
+    rows = [(m, b, s) for m in ("clean", "faithful") for b, s in shapes]
+    if args.published:
+        rows.append(("published", 1, 128))
+    results = {}
     for device in devices:
-        for mode in ("clean", "faithful"):
-            for batch, size in shapes:
-                # 256x256 is there for the memory bound: one timed call is enough.
-                repeats = args.repeats if size == 128 else 1
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    f"{mode},{batch},{size},{device}",
-                    "--repeats",
-                    str(repeats),
-                ]
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                env = {**os.environ, "PYTHONPATH": str(ROOT)}
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-                res = json.loads(out.stdout.strip().splitlines()[-1])
-                print(
-                    f"{device:6} {mode:9} {f'{batch} x {size}x{size}':>13} {res['ms']:10.1f} "
-                    f"{res['ms'] / batch:9.1f} {res['cpu_ms']:8.1f} {res['peak_mb']:8.1f}",
-                    flush=True,
-                )
-    print(PUBLISHED)
+        for mode, batch, size in rows:
+            # 256x256 is there for the memory bound: one timed call is enough.
+            repeats = args.repeats if size == 128 else 1
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                f"{mode},{batch},{size},{device}",
+                "--repeats",
+                str(repeats),
+            ]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[(device, mode, batch, size)] = res
+            print(
+                f"{device:6} {mode:9} {f'{batch} x {size}x{size}':>13} {res['ms']:10.1f} "
+                f"{res['ms'] / batch:9.1f} {res['cpu_ms']:8.1f} {res['peak_mb']:8.1f}",
+                flush=True,
+            )
+        if args.published:
+            fast = results[(device, "faithful", 1, 128)]
+            dense = results[(device, "published", 1, 128)]
+            print(
+                f"{device}: faithful is {dense['ms'] / fast['ms']:.1f}x faster than the published "
+                f"computation on 1 x 128x128 (wall), {dense['cpu_ms'] / fast['cpu_ms']:.1f}x "
+                f"(process CPU time); {_dense_deviation():.1e} from the published reference"
+            )
+    if not args.published:
+        print(PUBLISHED)
     return 0
+
+
+def _dense_deviation() -> float:
+    """Largest |similarity| gap of the dense computation to the published reference vectors."""
+    import numpy as np
+    from lmi_dense import dense_faithful_similarity
+
+    with np.load(REFERENCE) as data:
+        src = torch.from_numpy(data["z70_noisy_nmi_source"])[None, None]
+        tgt = torch.from_numpy(data["z70_noisy_nmi_target"])[None, None]
+        ref = torch.from_numpy(data["z70_noisy_nmi_similarity"])
+    with torch.no_grad():
+        return float((dense_faithful_similarity(src, tgt)[0, 0] - ref).abs().max())
 
 
 if __name__ == "__main__":

@@ -23,17 +23,27 @@ def reference(test_data):
         return {k: data[k] for k in data.files}
 
 
-@pytest.fixture(scope="module")
-def batched_results(reference):
-    """All cases of one estimator in one batched call (also exercises batching)."""
+@pytest.fixture(scope="module", params=["cpu kernel", "torch path"])
+def batched_results(reference, request):
+    """All cases of one estimator in one batched call (also exercises batching), on the compiled
+    CPU kernel (where numba is installed) and on the torch path that other devices run."""
+    import midiffusion.lmi.faithful as lf
+
+    kernel = request.param == "cpu kernel"
+    if kernel and not lf.use_sparse_kernel(torch.device("cpu"), torch.float32):
+        pytest.skip("numba not installed")
     out = {}
-    for est in ("nmi", "mi"):
-        names = [c for c in CASES if c.rsplit("_", 1)[1] == est]
-        src = torch.from_numpy(np.stack([reference[f"{c}_source"] for c in names]))[:, None]
-        tgt = torch.from_numpy(np.stack([reference[f"{c}_target"] for c in names]))[:, None]
-        res = local_mutual_information(src, tgt, mode="faithful", normalized=est == "nmi")
-        for i, name in enumerate(names):
-            out[name] = (res.aligned[i, 0].numpy(), res.similarity[i, 0].numpy())
+    saved, lf.SPARSE_CPU_KERNEL = lf.SPARSE_CPU_KERNEL, kernel
+    try:
+        for est in ("nmi", "mi"):
+            names = [c for c in CASES if c.rsplit("_", 1)[1] == est]
+            src = torch.from_numpy(np.stack([reference[f"{c}_source"] for c in names]))[:, None]
+            tgt = torch.from_numpy(np.stack([reference[f"{c}_target"] for c in names]))[:, None]
+            res = local_mutual_information(src, tgt, mode="faithful", normalized=est == "nmi")
+            for i, name in enumerate(names):
+                out[name] = (res.aligned[i, 0].numpy(), res.similarity[i, 0].numpy())
+    finally:
+        lf.SPARSE_CPU_KERNEL = saved
     return out
 
 
@@ -67,7 +77,8 @@ def test_wrap_rule_matches_the_documented_example():
 
 
 def test_faithful_float32_matches_float64_arithmetic(reference, monkeypatch):
-    # The float32 pipeline must not lose precision on epsilon-dominated noisy windows.
+    # The float32 pipeline must not lose precision on epsilon-dominated noisy windows (float64
+    # runs the torch path, so on the CPU this also checks the compiled kernel against it).
     import midiffusion.lmi.faithful as lf
 
     src = torch.from_numpy(reference["z70_noisy_nmi_source"])[None, None, 40:80, :40]
@@ -86,6 +97,7 @@ def test_faithful_bin_bands_change_nothing(case, reference, monkeypatch):
     src = torch.from_numpy(reference[f"{case}_source"])[None, None, 30:90, 20:80]
     tgt = torch.from_numpy(reference[f"{case}_target"])[None, None, 30:90, 20:80]
     normalized = case.endswith("_nmi")
+    monkeypatch.setattr(lf, "SPARSE_CPU_KERNEL", False)  # bands are the torch path's
     banded = local_mutual_information(src, tgt, mode="faithful", normalized=normalized)
     monkeypatch.setattr(lf, "_BAND_WIDTHS", ())
     full = local_mutual_information(src, tgt, mode="faithful", normalized=normalized)

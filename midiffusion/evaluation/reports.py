@@ -78,7 +78,8 @@ def markdown_report(results: EvaluationResults) -> str:
     """The results tables as markdown: metrics, then slice-to-slice consistency."""
     lines = [
         f"{_model_line(results)}; seed {results.settings.seed}. Mean ± standard deviation over "
-        "slices (inside the brain mask); n = slices per direction.",
+        "slices (inside the set's mask: the brain, or the whole head on head sets); n = slices per "
+        "direction.",
         "",
         "| direction | method | n | SSIM(tar) | SSIM(src) | PSNR (dB) | MSE | NMI(tar) | NMI(src) "
         "| FID | s/slice |",

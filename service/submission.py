@@ -7,6 +7,7 @@ series is checked, recorded and counted alike whichever way it arrived.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from service.nifti_check import NiftiRejected, check_nifti
 from service.problems import Problem
 from service.queueing import enqueue
 
+log = logging.getLogger("midiffusion.service")
 DICOM_FILENAME = "dicom-series.zip"  # never the client's name: it may carry the patient's
 
 
@@ -122,11 +124,14 @@ def submit_stored(
     except Exception as exc:
         ctx.jobs.delete(job_id)
         ctx.storage.delete(stored.key)
+        log.warning(
+            "job %s: the queue cannot be reached; nothing was queued", job_id, exc_info=True
+        )
         raise Problem(
             503,
             "queue-unavailable",
-            f"the job queue cannot be reached ({type(exc).__name__}); nothing was queued, "
-            "try again later",
+            "the job queue cannot be reached; nothing was queued, try again later",
+            headers={"Retry-After": str(ctx.settings.retry_after_s)},
         ) from exc
     if spec.dicom_study_uid is not None:
         record_study(ctx.jobs, principal, spec.dicom_study_uid, job_id)

@@ -27,6 +27,9 @@ MAX_FILE_PARTS = 4096
 SNIFF_BYTES = 132  # enough to see a gzip, a zip, or DICOM's DICM after its 128-byte preamble
 TEXT_FIELDS = ("model", "steps", "seed", "output_format")
 MAX_TEXT_FIELD_BYTES = 256
+# A part's headers (Content-Disposition with the file name, Content-Type) are a few hundred
+# bytes; without a cap a client could make the gateway hold a whole upload's worth in memory.
+MAX_PART_HEADER_BYTES = 8 * 1024
 # Room for part headers and boundaries on top of the file cap, when judging Content-Length.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -103,6 +106,7 @@ class _Receiver:
         self.part = _Part()
         self._header_field = bytearray()
         self._header_value = bytearray()
+        self._header_bytes = 0
         self.file: BinaryIO | None = None
         self.partial: Path | None = None
         self.more_partials: list[Path] = []
@@ -114,12 +118,23 @@ class _Receiver:
     # -- header callbacks
     def on_part_begin(self) -> None:
         self.part = _Part()
+        self._header_bytes = 0
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
+        self._count_header_bytes(end - start)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._count_header_bytes(end - start)
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise _bad_form(
+                f"a form part's headers are longer than {MAX_PART_HEADER_BYTES} bytes "
+                "(is the file name very long?)"
+            )
 
     def on_header_end(self) -> None:
         self.part.headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
@@ -131,9 +146,14 @@ class _Receiver:
         name = params.get(b"name")
         if name is None:
             raise _bad_form("a form part has no name (Content-Disposition: form-data; name=...)")
-        self.part.name = name.decode("utf-8", "replace")
+        self.part.name = name.decode("utf-8", "replace")[:64]
         filename = params.get(b"filename")
         if self.part.name == FILE_FIELD:
+            if filename is None:
+                raise _bad_form(
+                    "the field `file` must be a file part (Content-Disposition with a filename; "
+                    "curl: -F file=@scan.nii.gz)"
+                )
             if len(self.more_partials) + 1 >= MAX_FILE_PARTS:
                 raise _bad_form(f"at most {MAX_FILE_PARTS} `file` parts are accepted")
             if self.file is not None and not self.file.closed:
@@ -241,7 +261,11 @@ async def receive_upload(
         parser.finalize()
     except MultipartParseError as exc:
         receiver.discard()
-        raise _bad_form(f"the multipart body is malformed ({exc})") from exc
+        # the parser's own wording is about its state machine, not about what the client sent
+        raise _bad_form(
+            "the multipart body is malformed (a boundary, a part header or its end is not where "
+            "multipart/form-data puts it); send the form as curl -F or a browser does"
+        ) from exc
     except BaseException:  # 413, a bad part, the client going away: keep nothing
         receiver.discard()
         raise

@@ -155,8 +155,6 @@ class WorkerRuntime:
         return state.value
 
     def _translate(self, job: JobRecord) -> tuple[JobState, JobError | None, JobOutput | None]:
-        import nibabel as nib
-
         from jobs.dicom_intake import DicomRejected
         from midiffusion.io.dicom_series import DicomDecodeError
         from midiffusion.pipeline.translate import TranslationCancelled, TranslationInputError
@@ -183,7 +181,7 @@ class WorkerRuntime:
 
                 layout, image = dicom_job.load(self.storage, spec.input_key)
             else:
-                image = nib.load(self.storage.path(spec.input_key))
+                image = self._load_input(spec.input_key)
             load_seconds = time.perf_counter() - stage
             warnings: list[str] = []
             reset_peak_memory(translator.device)
@@ -265,6 +263,24 @@ class WorkerRuntime:
             partial.unlink(missing_ok=True)
             raise
         return key
+
+    def _load_input(self, key: str) -> Any:
+        """The job's stored input; one the gateway passed but nibabel cannot open is the
+        input's fault (``invalid_input``), and nibabel's message, naming our file, is not shown."""
+        import nibabel as nib
+
+        from midiffusion.pipeline.translate import TranslationInputError
+
+        path = self.storage.path(key)
+        if not path.is_file():
+            raise TranslationInputError("the job's input is no longer stored; submit it again")
+        try:
+            return nib.load(path)
+        except Exception as exc:
+            log.warning("input %s cannot be opened: %s", key, type(exc).__name__)
+            raise TranslationInputError(
+                "the uploaded file cannot be read as a single-file NIfTI image"
+            ) from exc
 
     def _write_output(self, job: JobRecord, out: Any, warnings: tuple[str, ...]) -> JobOutput:
         import nibabel as nib

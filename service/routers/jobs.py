@@ -27,7 +27,7 @@ def _load(ctx: GatewayContext, job_id: str, principal: str) -> JobRecord:
         raise Problem(
             404,
             "job-not-found",
-            f"no job `{job_id}` (job ids are 32 hex characters, from the Location header of "
+            f"no job `{job_id[:64]}` (job ids are 32 hex characters, from the Location header of "
             "POST /translate; finished jobs are removed after their retention period)",
         )
     return job

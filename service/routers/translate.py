@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 import uuid
@@ -23,6 +24,7 @@ from service.submission import DICOM_FILENAME, StoredInput, submit_stored
 from service.uploads import ReceivedUpload, receive_upload
 
 router = APIRouter(tags=["jobs"])
+log = logging.getLogger("midiffusion.service")
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from jobs import JobStore, open_job_store
 from jobs.queue import create_celery_app
 from jobs.storage import LocalStorage
+from service.audit import open_audit_file
 from service.auth import ApiKeyAuth
 from service.cleanup import cleanup_expired
 from service.context import GatewayContext, ModelCatalog
@@ -55,6 +56,8 @@ def create_app(
     """Build the gateway. Raises ``AuthConfigError`` when no API key is configured and
     ``MIDIFF_AUTH_DISABLED`` is not set: the server refuses to start open by accident."""
     settings = settings or GatewaySettings()
+    if settings.audit_log is not None:
+        open_audit_file(settings.audit_log)
     auth = ApiKeyAuth(settings.api_key_list(), disabled=settings.auth_disabled)
     if celery_app is None:
         celery_app = create_celery_app(settings)

@@ -7,9 +7,12 @@ form fields are small and known, and nothing is kept in memory.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -70,6 +73,26 @@ def too_large(limit: int) -> Problem:
         f"the upload is larger than the limit of {limit} bytes ({limit // (1024 * 1024)} MiB); "
         "send a smaller image or ask the operator to raise MIDIFF_MAX_UPLOAD_MB",
         limit_bytes=limit,
+    )
+
+
+# A full volume, a quota, or a file-size limit (RLIMIT_FSIZE): the storage cannot take the bytes.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """An error that means the storage volume has no room (SQLite says so in words)."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_ROOM
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def storage_full() -> Problem:
+    return Problem(
+        507,
+        "insufficient-storage",
+        "the server's storage is full and cannot hold this upload; nothing was kept or queued, "
+        "try again later",
     )
 
 
@@ -204,7 +227,8 @@ class _Receiver:
 
     def discard(self) -> None:
         if self.file is not None:
-            self.file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of close() too
+                self.file.close()
         for path in [self.partial, *self.more_partials]:
             if path is not None:
                 path.unlink(missing_ok=True)
@@ -266,6 +290,11 @@ async def receive_upload(
             "the multipart body is malformed (a boundary, a part header or its end is not where "
             "multipart/form-data puts it); send the form as curl -F or a browser does"
         ) from exc
+    except OSError as exc:
+        receiver.discard()
+        if is_storage_full(exc):
+            raise storage_full() from exc
+        raise
     except BaseException:  # 413, a bad part, the client going away: keep nothing
         receiver.discard()
         raise

@@ -16,10 +16,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import nibabel as nib
+import numpy as np
 import pytest
 from hostile_corpus import HARMLESS, REFUSED, WORKER_REFUSED, HostileCase, build_corpus
 from test_service_embedded import serving
-from test_service_support import AUTH, iter_partials, wait_for, write_nifti
+from test_service_support import (
+    AUTH,
+    iter_partials,
+    phantom,
+    sample_affine,
+    wait_for,
+    write_nifti,
+)
 
 pytestmark = pytest.mark.slow
 FINAL = ("succeeded", "failed", "cancelled")
@@ -29,8 +38,10 @@ EXCEPTION_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Warning)\b|zlib\.
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_store) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("hostile")
-    with serving(tmp, tiny_model_store.root, MIDIFF_MAX_UPLOAD_MB="4") as running:
-        yield running
+    audit = tmp / "audit.jsonl"
+    env = {"MIDIFF_MAX_UPLOAD_MB": "4", "MIDIFF_AUDIT_LOG": str(audit)}
+    with serving(tmp, tiny_model_store.root, **env) as running:
+        yield {**running, "audit": audit}
 
 
 def send(base: str, case: HostileCase) -> tuple[int, str, str]:
@@ -75,6 +86,7 @@ def test_every_hostile_case_is_refused_cleanly(server: dict) -> None:
     base, storage = server["base"], server["storage"]
     corpus = build_corpus()
     assert len(corpus) >= 80
+    inputs_before = {p.name.split(".")[0] for p in (storage / "in").iterdir()}
     accepted: dict[str, HostileCase] = {}
     problems: list[str] = []
     for case in corpus:
@@ -127,5 +139,66 @@ def test_every_hostile_case_is_refused_cleanly(server: dict) -> None:
     # No temporary file, and no input except those of the jobs that were accepted.
     assert list(iter_partials(storage)) == []
     kept = {p.name.split(".")[0] for p in (storage / "in").iterdir()}
-    assert kept <= set(accepted) | {good["id"]}
+    assert kept - inputs_before <= set(accepted) | {good["id"]}
     assert "unhandled error" not in server["log"].read_text()  # no request ended in a 500
+
+
+# A patient's name and record number, as a scanner's export might put them in a file name and
+# in the NIfTI header's free-text fields.
+PATIENT_NAME, PATIENT_ID = "Doe^Johanna", "MRN48151623"
+
+
+def _identified(path: Path, data: np.ndarray) -> Path:
+    img = nib.Nifti1Image(data, sample_affine())
+    img.header["descrip"] = f"{PATIENT_NAME} {PATIENT_ID}".encode()
+    img.header["aux_file"] = PATIENT_ID.encode()
+    img.header["intent_name"] = b"Johanna"
+    nib.save(img, path)
+    return path
+
+
+def test_patient_data_stays_out_of_logs_metrics_and_errors(server: dict) -> None:
+    tmp, base = server["tmp"], server["base"]
+    stem = f"{PATIENT_NAME.replace('^', '_')}_{PATIENT_ID}"
+    good = _identified(tmp / f"{stem}.nii.gz", phantom((32, 32, 3)))
+    nan = phantom((32, 32, 3))
+    nan[4, 4, 1] = np.nan
+    bad = _identified(tmp / f"{stem}_nan.nii.gz", nan)
+    flat = _identified(tmp / f"{stem}_flat.nii.gz", np.full((32, 32, 3), 7.0, np.float32))
+    messages: list[str] = []
+    with httpx.Client(base_url=base, headers=AUTH, timeout=60) as client:
+
+        def submit(path: Path) -> httpx.Response:
+            with open(path, "rb") as fh:
+                return client.post(
+                    "/translate", files={"file": (path.name, fh)}, data={"steps": "2"}
+                )
+
+        refused = submit(flat)
+        assert refused.status_code == 422
+        messages.append(refused.text)
+        ids = [submit(good).json()["id"], submit(bad).json()["id"]]
+        jobs = [
+            wait_for(
+                lambda j=j: (job := client.get(f"/jobs/{j}").json())["state"] in FINAL and job,
+                timeout=180,
+                what="the identified job",
+            )
+            for j in ids
+        ]
+        assert [j["state"] for j in jobs] == ["succeeded", "failed"]
+        assert jobs[1]["error"]["code"] == "invalid_input"
+        messages += [json.dumps(j["error"]) for j in jobs]
+        assert client.get(f"/jobs/{ids[0]}/result").status_code == 200
+        messages.append(client.delete(f"/jobs/{ids[0]}").text)  # 409: finished
+        messages.append(client.get(f"/jobs/{ids[1]}/result").text)  # 409: no result
+        metrics = client.get("/metrics").text
+    audit = server["audit"].read_text()
+    assert any(json.loads(line)["job"] == ids[0] for line in audit.splitlines())
+    log = server["log"].read_text()
+    assert ids[1] in log and "invalid_input" in log  # the worker did log the failure
+    for what, text in [("log", log), ("audit log", audit), ("metrics", metrics)] + [
+        ("message", m) for m in messages
+    ]:
+        for secret in ("Doe", "Johanna", PATIENT_ID, "48151623"):
+            assert secret not in text, f"{secret!r} appears in the {what}"

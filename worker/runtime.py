@@ -8,6 +8,7 @@ only when a job actually runs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import socket
@@ -33,6 +34,11 @@ from worker.settings import WorkerSettings
 log = logging.getLogger("midiffusion.worker")
 
 CONTENT_TYPES = {".nii.gz": "application/gzip", ".png": "image/png"}
+# A full volume, a quota, or a file-size limit (RLIMIT_FSIZE): no room for the output.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+INTERNAL_MESSAGE = (
+    "the worker could not finish this job (an internal error, logged for the operators)"
+)
 
 
 @dataclass
@@ -242,12 +248,19 @@ class WorkerRuntime:
                 "must restore or re-import it"
             )
             return JobState.FAILED, JobError("model_integrity", message), None
+        except OSError as exc:
+            if exc.errno not in NO_ROOM:
+                log.exception("job %s failed", job.id)
+                return JobState.FAILED, JobError("internal_error", INTERNAL_MESSAGE), None
+            log.error("job %s: no room in storage for its output (%s)", job.id, exc.strerror)
+            message = (
+                "the result could not be written: the server's storage is full; the input is "
+                "kept, and the job can be submitted again once there is room"
+            )
+            return JobState.FAILED, JobError("storage_full", message), None
         except Exception:
             log.exception("job %s failed", job.id)  # the details are for the operators
-            message = (
-                "the worker could not finish this job (an internal error, logged for the operators)"
-            )
-            return JobState.FAILED, JobError("internal_error", message), None
+            return JobState.FAILED, JobError("internal_error", INTERNAL_MESSAGE), None
 
     def _write_uncertainty(self, job: JobRecord, uncertainty: Any) -> str:
         """The spread between the averaged draws, as NIfTI beside the result (written as

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from jobs.records import (
     WORKER_LOST_TEMPLATE,
@@ -160,10 +162,20 @@ return 1
 class RedisJobStore(JobStore):
     """Job records as Redis hashes, kept apart from anything Celery writes (prefix ``midiff:``)."""
 
-    def __init__(self, url: str, retention_s: int) -> None:
+    def __init__(self, url: str, retention_s: int, *, outage_s: float = 0) -> None:
+        """``outage_s``: keep retrying a command for about this long while Redis is unreachable
+        (a worker rides out a Redis restart mid-job); 0 = redis-py's few quick retries."""
         super().__init__(retention_s)
+        options: dict = {}
+        if outage_s > 0:
+            # waits of 0.05 s doubling to 1 s: about outage_s seconds in all
+            options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), int(outage_s) + 5)
         self.client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            **options,
         )
         self._create = self.client.register_script(_LUA_CREATE)
         self._count_queued = self.client.register_script(_LUA_COUNT_QUEUED)

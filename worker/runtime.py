@@ -41,6 +41,10 @@ INTERNAL_MESSAGE = (
 )
 
 
+class JobReleased(Exception):
+    """The worker is stopping: the job was left unfinished, for another worker to run."""
+
+
 @dataclass
 class _Deadline:
     at: float
@@ -73,13 +77,19 @@ class WorkerRuntime:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.jobs: JobStore = open_job_store(
-            settings.redis_url, settings.storage_dir, settings.job_retention_s
+            settings.redis_url,
+            settings.storage_dir,
+            settings.job_retention_s,
+            outage_s=settings.store_outage_s,
         )
         self.storage = LocalStorage(settings.storage_dir)
         self.hostname = socket.gethostname()
         self._translators: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
         self._model_store: Any = None
+        # set when the worker is asked to stop (SIGTERM): the running job is released at its
+        # next sampling step, back to the queue for another worker, instead of run to the end
+        self.stopping = threading.Event()
 
     # -- models: loaded once per process, kept for its lifetime
     def model_store(self) -> Any:
@@ -143,6 +153,10 @@ class WorkerRuntime:
             state, error, output = self._translate(job)
         finally:
             metrics.BUSY.set(0)
+        if state is JobState.RUNNING:  # released: not finished here, the task goes back
+            log.warning("job %s released: this worker is shutting down", job_id)
+            metrics.JOBS_FINISHED.labels("released").inc()
+            raise JobReleased(job_id)
         self.jobs.finish(job_id, state, now=time.time(), error=error, output=output)
         metrics.RUN_TIME.labels(state.value).observe(time.perf_counter() - t0)
         metrics.JOBS_FINISHED.labels(state.value).inc()
@@ -174,7 +188,7 @@ class WorkerRuntime:
             metrics.PROGRESS.set(done / total if total else 0.0)
 
         def should_cancel() -> bool:
-            return deadline.passed() or self.jobs.cancel_requested(job.id)
+            return deadline.passed() or self.stopping.is_set() or self.jobs.cancel_requested(job.id)
 
         try:
             from midiffusion.pipeline.devices import peak_memory_bytes, reset_peak_memory
@@ -222,6 +236,9 @@ class WorkerRuntime:
             observe_translation(report, load=load_seconds, write=time.perf_counter() - stage)
             return JobState.SUCCEEDED, None, output
         except TranslationCancelled:
+            stopping = self.stopping.is_set() and not deadline.hit
+            if stopping and not self.jobs.cancel_requested(job.id):
+                return JobState.RUNNING, None, None  # released (see run_job)
             if deadline.hit:
                 return (
                     JobState.FAILED,

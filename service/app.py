@@ -22,6 +22,7 @@ from service.auth import ApiKeyAuth
 from service.cleanup import cleanup_expired
 from service.context import GatewayContext, ModelCatalog
 from service.metrics import RequestMetricsMiddleware
+from service.openapi_doc import complete_openapi
 from service.problems import install_problem_handlers
 from service.queueing import requeue_unsent
 from service.routers import dicomweb, health, jobs, metrics, models, translate
@@ -104,6 +105,7 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(RequestMetricsMiddleware)
     install_problem_handlers(app)
+    complete_openapi(app)
     for module in (translate, jobs, models, health, metrics, dicomweb):
         app.include_router(module.router)
     return app

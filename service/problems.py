@@ -7,6 +7,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -121,6 +122,16 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            # Redis restarting: the job records are safe on its disk; the caller retries
+            log.warning("the job store is unreachable on %s %s", request.method, request.url.path)
+            return problem_response(
+                503,
+                "job-store-unavailable",
+                "the job store cannot be reached just now; nothing was changed, try again later",
+                instance=request.url.path,
+                headers={"Retry-After": "5"},
+            )
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(
             500,

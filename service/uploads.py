@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -248,12 +248,12 @@ async def receive_upload(
     """Stream the request body to storage; raise :class:`Problem` (413/415/422) when it is bad."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
-    if content_type != b"multipart/form-data" or not boundary:
+    if content_type != b"multipart/form-data" or not boundary or len(boundary) > 70:
         raise Problem(
             415,
             "unsupported-media-type",
-            "send multipart/form-data with the NIfTI in the field `file` "
-            "(curl: -F file=@scan.nii.gz)",
+            "send multipart/form-data, with a boundary of 1 to 70 characters, and the NIfTI in "
+            "the field `file` (curl: -F file=@scan.nii.gz)",
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
@@ -283,7 +283,7 @@ async def receive_upload(
                 raise too_large(limit)
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         receiver.discard()
         # the parser's own wording is about its state machine, not about what the client sent
         raise _bad_form(

@@ -370,6 +370,20 @@ def _request_cases() -> list[HostileCase]:
             {**auth, "Content-Type": "application/x-www-form-urlencoded"},
         ),
         HostileCase(
+            "a 5000-character boundary",
+            "POST",
+            "/translate",
+            body,
+            {**auth, "Content-Type": "multipart/form-data; boundary=" + "b" * 5000},
+        ),
+        HostileCase(
+            "a 200 KB API key",
+            "POST",
+            "/translate",
+            body,
+            {**mp, "X-API-Key": "k" * 200_000},
+        ),
+        HostileCase(
             "multipart without a boundary",
             "POST",
             "/translate",

@@ -67,7 +67,8 @@ def succeeded_lines(workers: list[WorkerProcess], job_id: str) -> int:
 @contextlib.contextmanager
 def gateway(url: str, storage: Path, model_root: Path, tmp: Path) -> Iterator[Service]:
     settings = gateway_settings(storage, model_root, url)
-    with TestClient(create_app(settings)) as client:
+    # answers as a server gives them (an error handler's 503), not re-raised into the test
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield Service(client, storage, tmp)
 
 
@@ -169,6 +170,10 @@ def test_a_redis_restart_loses_no_job(tmp_path: Path, tiny_model_store) -> None:
             server.kill()  # no shutdown: only what the append-only file holds survives
             with pytest.raises(redis.ConnectionError):
                 redis.Redis.from_url(server.url, socket_connect_timeout=1).ping()
+            polled = service.client.get(f"/jobs/{jobs[1]}", headers=AUTH)
+            assert polled.status_code == 503  # the gateway says so, and does not hang
+            assert polled.headers["content-type"] == "application/problem+json"
+            assert "retry-after" in polled.headers
             time.sleep(2)  # the outage lasts a few sampling steps of the running job
             server.start()
             done = [service.wait_state(j, *FINAL, timeout=300) for j in jobs]

@@ -28,6 +28,9 @@ ACCEPTED = (
 MAX_DIM = 2048
 MAX_VOXELS = 512 * 512 * 512
 GZIP_MAGIC = b"\x1f\x8b"
+# The header and its extensions (a converter may store the DICOM header there: some hundred KB).
+# Without a cap, a gzip of a few KB could make the check decompress terabytes to find the voxels.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # nibabel repairs these header lies silently when it reads a file; a hostile or broken writer
 # is refused instead (the other repairs, such as qfac, are routine for real converters' files).
@@ -191,6 +194,11 @@ def _check(path: Path, output_format: str) -> NiftiSummary:
         )
 
     offset = int(img.dataobj.offset)  # where the reader starts (the header may say 0)
+    if offset > MAX_HEADER_BYTES:
+        raise NiftiRejected(
+            f"the header says the voxel data starts at byte {offset}; accepted is a header with "
+            f"extensions of at most {MAX_HEADER_BYTES // (1024 * 1024)} MiB"
+        )
     expected = n_voxels * dtype.itemsize
     vrange = _VoxelRange(dtype, offset, expected)
     present = _scan_voxels(path, offset, expected, gz, vrange)

@@ -239,6 +239,10 @@ def _image_cases() -> list[HostileCase]:
             "gzip bomb: a header promising 256^3 float32, then 64 MiB of zeros",
             gzip_stream(bare_header((256, 256, 256)), 0, 256**3 * 4),
         ),
+        upload(
+            "gzip bomb: voxels said to start 1 TiB in",
+            gzip_stream(patched(bare_header((16, 16, 1), np.uint8), 108, "f", 2.0**40), 0, 1 << 26),
+        ),
         upload("extension claiming 2 GiB", with_extension_claiming(good, 2**31 - 8)),
         upload("extension claiming a negative size", with_extension_claiming(good, -64)),
         # voxel values and types

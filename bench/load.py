@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,6 +47,7 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as `python bench/load.py` from a checkout
 FINAL = ("succeeded", "failed", "cancelled")
+RESULT = re.compile(r"^[0-9a-f]{32}\.(nii\.gz|png)$")
 
 
 def _free_port() -> int:
@@ -351,7 +353,8 @@ def run_load(
         report.drain_seconds = time.perf_counter() - started
         client = redis.Redis.from_url(stack.redis_url)
         report.records = sum(1 for _ in client.scan_iter("midiff:job:*"))
-        report.outputs = sum(1 for _ in (stack.storage / "out").iterdir())
+        # results only: a result's uncertainty map lies beside it
+        report.outputs = sum(1 for p in (stack.storage / "out").iterdir() if RESULT.match(p.name))
     return report
 
 

@@ -25,6 +25,7 @@ from jobs.records import (
     JobSpec,
     JobState,
     JobStore,
+    QueueLimitReached,
     StartOutcome,
     StartResult,
     worker_lost_message,
@@ -42,6 +43,7 @@ __all__ = [
     "JobSpec",
     "JobState",
     "JobStore",
+    "QueueLimitReached",
     "RedisJobStore",
     "SQLiteJobStore",
     "StartOutcome",
@@ -51,8 +53,11 @@ __all__ = [
 ]
 
 
-def open_job_store(redis_url: str | None, storage_dir: Path, retention_s: int) -> JobStore:
-    """Redis when configured, else SQLite beside the stored files (the embedded mode)."""
+def open_job_store(
+    redis_url: str | None, storage_dir: Path, retention_s: int, *, outage_s: float = 0
+) -> JobStore:
+    """Redis when configured, else SQLite beside the stored files (the embedded mode).
+    ``outage_s``: how long a Redis command is retried while the server is unreachable."""
     if redis_url:
-        return RedisJobStore(redis_url, retention_s)
+        return RedisJobStore(redis_url, retention_s, outage_s=outage_s)
     return SQLiteJobStore(Path(storage_dir) / "jobs.sqlite3", retention_s)

@@ -108,6 +108,15 @@ class IdempotencyHit:
     fingerprint: str
 
 
+class QueueLimitReached(Exception):
+    """The caller already has ``limit`` jobs waiting (``create(max_queued=...)``); nothing was
+    stored."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} jobs of this caller are already queued")
+        self.limit = limit
+
+
 WORKER_LOST = "worker_lost"
 
 
@@ -129,10 +138,21 @@ class JobStore(ABC):
 
     @abstractmethod
     def create(
-        self, job_id: str, spec: JobSpec, *, fingerprint: str | None = None
+        self,
+        job_id: str,
+        spec: JobSpec,
+        *,
+        fingerprint: str | None = None,
+        max_queued: int | None = None,
     ) -> IdempotencyHit | None:
         """Store a new queued job. With ``spec.idempotency_key`` set, claim that key at the same
-        time; if it was already claimed, store nothing and return what claimed it."""
+        time; if it was already claimed, store nothing and return what claimed it. With
+        ``max_queued``, raise :class:`QueueLimitReached` instead when ``spec.principal`` already
+        has that many queued jobs (checked in the same atomic step, after the key)."""
+
+    @abstractmethod
+    def count_queued(self, principal: str) -> int:
+        """How many of this caller's jobs wait in the queue (not yet started)."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobRecord | None: ...

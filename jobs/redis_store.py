@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from jobs.records import (
     WORKER_LOST_TEMPLATE,
@@ -14,6 +16,7 @@ from jobs.records import (
     JobSpec,
     JobState,
     JobStore,
+    QueueLimitReached,
     StartOutcome,
     StartResult,
     record_from_fields,
@@ -21,18 +24,43 @@ from jobs.records import (
 
 _PREFIX = "midiff:"
 
-# KEYS: job, queued-set, idem (or "" when none). ARGV: id, spec, fingerprint.
-_LUA_CREATE = """
+# A caller's set of the ids of its jobs that were queued when made (kept only under a limit).
+# Ids no longer queued are dropped whenever the set is counted, so it stays about the limit's
+# size. KEYS: the caller's set. ARGV: prefix.
+_LUA_COUNT_QUEUED = """
+local n = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('HGET', ARGV[1] .. 'job:' .. id, 'state') == 'queued' then
+    n = n + 1
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return n
+"""
+
+# KEYS: job, queued-set, idem (or "" when none), principal's queued set.
+# ARGV: id, spec, fingerprint, max queued (-1: no limit), prefix.
+_LUA_CREATE = (
+    "local function count_queued()\n"
+    + _LUA_COUNT_QUEUED.replace("KEYS[1]", "KEYS[4]").replace("ARGV[1]", "ARGV[5]")
+    + "end\n"
+    + """
 if KEYS[3] ~= '' then
   local hit = redis.call('GET', KEYS[3])
   if hit then return hit end
-  redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[3])
 end
+if tonumber(ARGV[4]) >= 0 and count_queued() >= tonumber(ARGV[4]) then
+  return {'limit'}
+end
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[3]) end
+if tonumber(ARGV[4]) >= 0 then redis.call('SADD', KEYS[4], ARGV[1]) end
 redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'state', 'queued', 'attempts', 0, 'step', 0,
            'total', 0, 'cancel', 0, 'sent', 0)
 redis.call('SADD', KEYS[2], ARGV[1])
 return false
 """
+)
 
 # KEYS: job, expiry-zset. ARGV: id, max_attempts, worker, now, retention, prefix, lost_message.
 _LUA_START = """
@@ -134,12 +162,23 @@ return 1
 class RedisJobStore(JobStore):
     """Job records as Redis hashes, kept apart from anything Celery writes (prefix ``midiff:``)."""
 
-    def __init__(self, url: str, retention_s: int) -> None:
+    def __init__(self, url: str, retention_s: int, *, outage_s: float = 0) -> None:
+        """``outage_s``: keep retrying a command for about this long while Redis is unreachable
+        (a worker rides out a Redis restart mid-job); 0 = redis-py's few quick retries."""
         super().__init__(retention_s)
+        options: dict = {}
+        if outage_s > 0:
+            # waits of 0.05 s doubling to 1 s: about outage_s seconds in all
+            options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), int(outage_s) + 5)
         self.client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            **options,
         )
         self._create = self.client.register_script(_LUA_CREATE)
+        self._count_queued = self.client.register_script(_LUA_COUNT_QUEUED)
         self._start = self.client.register_script(_LUA_START)
         self._progress = self.client.register_script(_LUA_PROGRESS)
         self._finish = self.client.register_script(_LUA_FINISH)
@@ -158,17 +197,42 @@ class RedisJobStore(JobStore):
 
     _expiry_key = f"{_PREFIX}expiry"
 
+    @staticmethod
+    def _queued_set(principal: str) -> str:
+        return f"{_PREFIX}queued_by:{principal}"
+
+    def count_queued(self, principal: str) -> int:
+        return int(self._count_queued(keys=[self._queued_set(principal)], args=[_PREFIX]))
+
     def create(
-        self, job_id: str, spec: JobSpec, *, fingerprint: str | None = None
+        self,
+        job_id: str,
+        spec: JobSpec,
+        *,
+        fingerprint: str | None = None,
+        max_queued: int | None = None,
     ) -> IdempotencyHit | None:
         if spec.idempotency_key is not None:
             spec = spec.model_copy(
                 update={"idempotency_key": self.idempotency_store_key(spec.idempotency_key)}
             )
         hit = self._create(
-            keys=[self._job_key(job_id), f"{_PREFIX}state:queued", spec.idempotency_key or ""],
-            args=[job_id, spec.model_dump_json(), fingerprint or ""],
+            keys=[
+                self._job_key(job_id),
+                f"{_PREFIX}state:queued",
+                spec.idempotency_key or "",
+                self._queued_set(spec.principal),
+            ],
+            args=[
+                job_id,
+                spec.model_dump_json(),
+                fingerprint or "",
+                -1 if max_queued is None else max_queued,
+                _PREFIX,
+            ],
         )
+        if hit == ["limit"]:
+            raise QueueLimitReached(max_queued or 0)
         if hit:
             other_id, _, other_fingerprint = hit.partition(" ")
             return IdempotencyHit(job_id=other_id, fingerprint=other_fingerprint)

@@ -14,6 +14,7 @@ from jobs.records import (
     JobSpec,
     JobState,
     JobStore,
+    QueueLimitReached,
     StartOutcome,
     StartResult,
     record_from_fields,
@@ -101,7 +102,12 @@ class SQLiteJobStore(JobStore):
         return record_from_fields(row["id"], fields)
 
     def create(
-        self, job_id: str, spec: JobSpec, *, fingerprint: str | None = None
+        self,
+        job_id: str,
+        spec: JobSpec,
+        *,
+        fingerprint: str | None = None,
+        max_queued: int | None = None,
     ) -> IdempotencyHit | None:
         with self._tx() as db:
             if spec.idempotency_key is not None:
@@ -110,12 +116,25 @@ class SQLiteJobStore(JobStore):
                 ).fetchone()
                 if hit:
                     return IdempotencyHit(job_id=hit["id"], fingerprint=hit["fingerprint"] or "")
+            if max_queued is not None and self._queued_of(db, spec.principal) >= max_queued:
+                raise QueueLimitReached(max_queued)
             db.execute(
                 "INSERT INTO jobs (id, spec, state, idem_key, fingerprint, sent) "
                 "VALUES (?, ?, ?, ?, ?, 0)",
                 (job_id, spec.model_dump_json(), "queued", spec.idempotency_key, fingerprint),
             )
         return None
+
+    @staticmethod
+    def _queued_of(db: sqlite3.Connection, principal: str) -> int:
+        return db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'queued' "
+            "AND json_extract(spec, '$.principal') = ?",
+            (principal,),
+        ).fetchone()[0]
+
+    def count_queued(self, principal: str) -> int:
+        return self._queued_of(self._db(), principal)
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

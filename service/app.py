@@ -17,10 +17,12 @@ from starlette.concurrency import run_in_threadpool
 from jobs import JobStore, open_job_store
 from jobs.queue import create_celery_app
 from jobs.storage import LocalStorage
+from service.audit import open_audit_file
 from service.auth import ApiKeyAuth
 from service.cleanup import cleanup_expired
 from service.context import GatewayContext, ModelCatalog
 from service.metrics import RequestMetricsMiddleware
+from service.openapi_doc import complete_openapi
 from service.problems import install_problem_handlers
 from service.queueing import requeue_unsent
 from service.routers import dicomweb, health, jobs, metrics, models, translate
@@ -55,6 +57,8 @@ def create_app(
     """Build the gateway. Raises ``AuthConfigError`` when no API key is configured and
     ``MIDIFF_AUTH_DISABLED`` is not set: the server refuses to start open by accident."""
     settings = settings or GatewaySettings()
+    if settings.audit_log is not None:
+        open_audit_file(settings.audit_log)
     auth = ApiKeyAuth(settings.api_key_list(), disabled=settings.auth_disabled)
     if celery_app is None:
         celery_app = create_celery_app(settings)
@@ -101,6 +105,7 @@ def create_app(
     app.state.ctx = ctx
     app.add_middleware(RequestMetricsMiddleware)
     install_problem_handlers(app)
+    complete_openapi(app)
     for module in (translate, jobs, models, health, metrics, dicomweb):
         app.include_router(module.router)
     return app

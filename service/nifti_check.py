@@ -10,6 +10,8 @@ whole array in memory are the worker's to judge.
 
 from __future__ import annotations
 
+import gzip
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,14 @@ ACCEPTED = (
 MAX_DIM = 2048
 MAX_VOXELS = 512 * 512 * 512
 GZIP_MAGIC = b"\x1f\x8b"
+# The header and its extensions (a converter may store the DICOM header there: some hundred KB).
+# Without a cap, a gzip of a few KB could make the check decompress terabytes to find the voxels.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# nibabel repairs these header lies silently when it reads a file; a hostile or broken writer
+# is refused instead (the other repairs, such as qfac, are routine for real converters' files).
+_HEADER_LIES = ("sizeof_hdr", "bitpix does not match", "pixdim[1,2,3] should be non-zero")
+log = logging.getLogger("midiffusion.service")
 
 
 class NiftiRejected(ValueError):
@@ -96,9 +106,30 @@ def _scan_voxels(path: Path, offset: int, expected: int, gz: bool, vrange: _Voxe
     return max(0, min(seen - offset, expected))
 
 
+def _header_lies(path: Path, gz: bool, header_class: type) -> list[str]:
+    """The header fields that contradict themselves, read from the bytes as sent."""
+    size = header_class.sizeof_hdr
+    with gzip.open(path, "rb") if gz else open(path, "rb") as fh:
+        raw = fh.read(size)
+    report = header_class.diagnose_binaryblock(raw)
+    return [line for line in report.splitlines() if any(lie in line for lie in _HEADER_LIES)]
+
+
 def check_nifti(path: Path, *, output_format: str = "nifti") -> NiftiSummary:
     """Raise :class:`NiftiRejected` with a user-facing reason, or describe the image."""
-    path = Path(path)
+    try:
+        return _check(Path(path), output_format)
+    except NiftiRejected:
+        raise
+    except (OSError, EOFError, ValueError, TypeError, ArithmeticError, zlib.error) as exc:
+        # a header nibabel parsed but whose fields cannot be used; its message names our file
+        log.info("upload refused: the NIfTI header cannot be used (%s)", type(exc).__name__)
+        raise NiftiRejected(
+            f"the NIfTI header is inconsistent and cannot be read; accepted: {ACCEPTED}"
+        ) from exc
+
+
+def _check(path: Path, output_format: str) -> NiftiSummary:
     with open(path, "rb") as fh:
         head = fh.read(2)
     gz = head == GZIP_MAGIC
@@ -109,13 +140,19 @@ def check_nifti(path: Path, *, output_format: str = "nifti") -> NiftiSummary:
     except Exception as exc:  # nibabel's messages name the stored file: not for the user
         raise NiftiRejected(f"this is not a readable NIfTI file; accepted: {ACCEPTED}") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise NiftiRejected(f"this is a {type(img).__name__}, not NIfTI; accepted: {ACCEPTED}")
+        raise NiftiRejected(f"this is not a single-file NIfTI image; accepted: {ACCEPTED}")
     header = img.header
     magic = bytes(header["magic"]).rstrip(b"\x00")
     if magic not in (b"n+1", b"n+2"):
         raise NiftiRejected(
             f"this NIfTI header says its voxels are in a separate .img file (magic {magic!r}); "
             f"accepted: {ACCEPTED}"
+        )
+
+    lies = _header_lies(path, gz, type(header))
+    if lies:
+        raise NiftiRejected(
+            f"the NIfTI header contradicts itself ({'; '.join(lies)}); accepted: {ACCEPTED}"
         )
 
     shape = tuple(int(n) for n in img.shape)
@@ -157,6 +194,11 @@ def check_nifti(path: Path, *, output_format: str = "nifti") -> NiftiSummary:
         )
 
     offset = int(img.dataobj.offset)  # where the reader starts (the header may say 0)
+    if offset > MAX_HEADER_BYTES:
+        raise NiftiRejected(
+            f"the header says the voxel data starts at byte {offset}; accepted is a header with "
+            f"extensions of at most {MAX_HEADER_BYTES // (1024 * 1024)} MiB"
+        )
     expected = n_voxels * dtype.itemsize
     vrange = _VoxelRange(dtype, offset, expected)
     present = _scan_voxels(path, offset, expected, gz, vrange)
@@ -165,6 +207,15 @@ def check_nifti(path: Path, *, output_format: str = "nifti") -> NiftiSummary:
             f"the file is truncated: the header promises {expected} bytes of voxel data "
             f"({shape} x {dtype}), the file holds {present}"
         )
+    slope, inter = img.dataobj.slope, img.dataobj.inter  # nibabel: 0, NaN or inf = unscaled
+    if vrange.lo <= vrange.hi:  # some finite voxel was seen
+        scaled = (abs(vrange.lo * slope + inter), abs(vrange.hi * slope + inter))
+        if max(scaled) > FLOAT32_MAX:
+            raise NiftiRejected(
+                "the voxel values, once scaled by the header, do not fit in 32-bit floating "
+                f"point (largest magnitude {max(scaled):.3g}); accepted are values within "
+                f"+-{FLOAT32_MAX:.3g}"
+            )
     if vrange.lo == vrange.hi:
         raise NiftiRejected(
             f"the image is constant (every voxel is {vrange.lo:g}): there is no anatomy to "

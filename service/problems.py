@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -69,6 +71,17 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is not valid"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for this path. Starlette's own 405 names only
+    the first matching route's, though GET and DELETE /jobs/{id} are two routes."""
+    allowed: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            allowed.update(m.upper() for m in operations)
+    return sorted(allowed)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -92,18 +105,33 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request)
             detail = f"{request.method} is not allowed on {request.url.path}"
+            if allowed:
+                detail += f"; allowed: {', '.join(allowed)}"
+                headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         return problem_response(
             exc.status_code,
             HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-"),
             detail,
             instance=request.url.path,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            # Redis restarting: the job records are safe on its disk; the caller retries
+            log.warning("the job store is unreachable on %s %s", request.method, request.url.path)
+            return problem_response(
+                503,
+                "job-store-unavailable",
+                "the job store cannot be reached just now; nothing was changed, try again later",
+                instance=request.url.path,
+                headers={"Retry-After": "5"},
+            )
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(
             500,

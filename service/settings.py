@@ -3,6 +3,8 @@ workers (``jobs.settings.CommonSettings``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 
 from jobs.settings import CommonSettings
@@ -27,6 +29,21 @@ class GatewaySettings(CommonSettings):
         description="seconds between checks for jobs whose task never reached the queue "
         "(a gateway stopped between recording and sending); 0 = never (the embedded mode "
         "still sends every unfinished job again at start)",
+    )
+
+    max_queued_per_key: int = Field(
+        default=100,
+        ge=0,
+        description="most jobs one API key may have waiting in the queue; over it the gateway "
+        "answers 429 with Retry-After; 0 = no limit",
+    )
+    queue_full_retry_after_s: int = Field(
+        default=30, ge=1, description="the Retry-After hint of a 429 (a caller's queue is full)"
+    )
+    audit_log: Path | None = Field(
+        default=None,
+        description="append the audit log (JSON lines: submissions, downloads, deletions) to "
+        "this file too; it always goes to the logger `midiffusion.audit`",
     )
 
     @property

@@ -7,11 +7,12 @@ series is checked, recorded and counted alike whichever way it arrived.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from jobs import JobRecord, JobSpec
+from jobs import JobRecord, JobSpec, QueueLimitReached
 from jobs.study_index import record_study
 from service import metrics
 from service.context import GatewayContext
@@ -21,7 +22,9 @@ from service.nifti_check import ACCEPTED as NIFTI_ACCEPTED
 from service.nifti_check import NiftiRejected, check_nifti
 from service.problems import Problem
 from service.queueing import enqueue
+from service.uploads import is_storage_full, storage_full
 
+log = logging.getLogger("midiffusion.service")
 DICOM_FILENAME = "dicom-series.zip"  # never the client's name: it may carry the patient's
 
 
@@ -69,6 +72,29 @@ def _describe(ctx: GatewayContext, stored: StoredInput, output_format: str) -> d
     return {"input_shape": list(nifti.shape), "input_voxel_size": list(nifti.voxel_size)}
 
 
+def _queue_limit(ctx: GatewayContext) -> int | None:
+    return ctx.settings.max_queued_per_key or None
+
+
+def queue_full(ctx: GatewayContext, limit: int) -> Problem:
+    return Problem(
+        429,
+        "too-many-queued-jobs",
+        f"this API key already has {limit} jobs waiting in the queue, the most one key may have "
+        "(MIDIFF_MAX_QUEUED_PER_KEY); retry after Retry-After seconds, once some have started",
+        headers={"Retry-After": str(ctx.settings.queue_full_retry_after_s)},
+        limit=limit,
+    )
+
+
+def check_queue_room(ctx: GatewayContext, principal: str) -> None:
+    """Refuse before reading the upload when the caller's queue is already full (the job store
+    checks again, atomically, when the job is made)."""
+    limit = _queue_limit(ctx)
+    if limit is not None and ctx.jobs.count_queued(principal) >= limit:
+        raise queue_full(ctx, limit)
+
+
 def submit_stored(
     ctx: GatewayContext,
     job_id: str,
@@ -99,9 +125,16 @@ def submit_stored(
             idempotency_key=idempotency_key,
             **_describe(ctx, stored, fmt),
         )
-        hit = ctx.jobs.create(job_id, spec, fingerprint=stored.fingerprint)
-    except BaseException:
+        try:
+            hit = ctx.jobs.create(
+                job_id, spec, fingerprint=stored.fingerprint, max_queued=_queue_limit(ctx)
+            )
+        except QueueLimitReached as exc:
+            raise queue_full(ctx, exc.limit) from exc
+    except BaseException as exc:
         ctx.storage.delete(stored.key)
+        if is_storage_full(exc):
+            raise storage_full() from exc
         raise
     if hit is not None:
         ctx.storage.delete(stored.key)  # the first request's upload is the one kept
@@ -122,11 +155,14 @@ def submit_stored(
     except Exception as exc:
         ctx.jobs.delete(job_id)
         ctx.storage.delete(stored.key)
+        log.warning(
+            "job %s: the queue cannot be reached; nothing was queued", job_id, exc_info=True
+        )
         raise Problem(
             503,
             "queue-unavailable",
-            f"the job queue cannot be reached ({type(exc).__name__}); nothing was queued, "
-            "try again later",
+            "the job queue cannot be reached; nothing was queued, try again later",
+            headers={"Retry-After": str(ctx.settings.retry_after_s)},
         ) from exc
     if spec.dicom_study_uid is not None:
         record_study(ctx.jobs, principal, spec.dicom_study_uid, job_id)

@@ -7,14 +7,17 @@ form fields are small and known, and nothing is kept in memory.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -27,6 +30,9 @@ MAX_FILE_PARTS = 4096
 SNIFF_BYTES = 132  # enough to see a gzip, a zip, or DICOM's DICM after its 128-byte preamble
 TEXT_FIELDS = ("model", "steps", "seed", "output_format")
 MAX_TEXT_FIELD_BYTES = 256
+# A part's headers (Content-Disposition with the file name, Content-Type) are a few hundred
+# bytes; without a cap a client could make the gateway hold a whole upload's worth in memory.
+MAX_PART_HEADER_BYTES = 8 * 1024
 # Room for part headers and boundaries on top of the file cap, when judging Content-Length.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -70,6 +76,26 @@ def too_large(limit: int) -> Problem:
     )
 
 
+# A full volume, a quota, or a file-size limit (RLIMIT_FSIZE): the storage cannot take the bytes.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """An error that means the storage volume has no room (SQLite says so in words)."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_ROOM
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def storage_full() -> Problem:
+    return Problem(
+        507,
+        "insufficient-storage",
+        "the server's storage is full and cannot hold this upload; nothing was kept or queued, "
+        "try again later",
+    )
+
+
 def _bad_form(detail: str) -> Problem:
     return Problem(
         422,
@@ -103,6 +129,7 @@ class _Receiver:
         self.part = _Part()
         self._header_field = bytearray()
         self._header_value = bytearray()
+        self._header_bytes = 0
         self.file: BinaryIO | None = None
         self.partial: Path | None = None
         self.more_partials: list[Path] = []
@@ -114,12 +141,23 @@ class _Receiver:
     # -- header callbacks
     def on_part_begin(self) -> None:
         self.part = _Part()
+        self._header_bytes = 0
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
+        self._count_header_bytes(end - start)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._count_header_bytes(end - start)
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise _bad_form(
+                f"a form part's headers are longer than {MAX_PART_HEADER_BYTES} bytes "
+                "(is the file name very long?)"
+            )
 
     def on_header_end(self) -> None:
         self.part.headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
@@ -131,9 +169,14 @@ class _Receiver:
         name = params.get(b"name")
         if name is None:
             raise _bad_form("a form part has no name (Content-Disposition: form-data; name=...)")
-        self.part.name = name.decode("utf-8", "replace")
+        self.part.name = name.decode("utf-8", "replace")[:64]
         filename = params.get(b"filename")
         if self.part.name == FILE_FIELD:
+            if filename is None:
+                raise _bad_form(
+                    "the field `file` must be a file part (Content-Disposition with a filename; "
+                    "curl: -F file=@scan.nii.gz)"
+                )
             if len(self.more_partials) + 1 >= MAX_FILE_PARTS:
                 raise _bad_form(f"at most {MAX_FILE_PARTS} `file` parts are accepted")
             if self.file is not None and not self.file.closed:
@@ -184,7 +227,8 @@ class _Receiver:
 
     def discard(self) -> None:
         if self.file is not None:
-            self.file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of close() too
+                self.file.close()
         for path in [self.partial, *self.more_partials]:
             if path is not None:
                 path.unlink(missing_ok=True)
@@ -204,12 +248,12 @@ async def receive_upload(
     """Stream the request body to storage; raise :class:`Problem` (413/415/422) when it is bad."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
-    if content_type != b"multipart/form-data" or not boundary:
+    if content_type != b"multipart/form-data" or not boundary or len(boundary) > 70:
         raise Problem(
             415,
             "unsupported-media-type",
-            "send multipart/form-data with the NIfTI in the field `file` "
-            "(curl: -F file=@scan.nii.gz)",
+            "send multipart/form-data, with a boundary of 1 to 70 characters, and the NIfTI in "
+            "the field `file` (curl: -F file=@scan.nii.gz)",
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
@@ -239,9 +283,18 @@ async def receive_upload(
                 raise too_large(limit)
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         receiver.discard()
-        raise _bad_form(f"the multipart body is malformed ({exc})") from exc
+        # the parser's own wording is about its state machine, not about what the client sent
+        raise _bad_form(
+            "the multipart body is malformed (a boundary, a part header or its end is not where "
+            "multipart/form-data puts it); send the form as curl -F or a browser does"
+        ) from exc
+    except OSError as exc:
+        receiver.discard()
+        if is_storage_full(exc):
+            raise storage_full() from exc
+        raise
     except BaseException:  # 413, a bad part, the client going away: keep nothing
         receiver.discard()
         raise

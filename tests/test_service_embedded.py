@@ -35,16 +35,19 @@ def _env(**values: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serving(tmp: Path, model_root: Path) -> Iterator[dict]:
+def serving(tmp: Path, model_root: Path, **extra_env: str) -> Iterator[dict]:
     """``midiffusion serve`` in embedded mode on a free port, storage under ``tmp``."""
     port = _free_port()
     log_path = tmp / f"serve-{port}.log"
     env = _env(
-        MIDIFF_STORAGE_DIR=str(tmp / "storage"),
-        MIDIFF_MODEL_DIR=str(model_root),
-        MIDIFF_API_KEYS=API_KEY,
-        MIDIFF_MAX_UPLOAD_MB="1",
-        MIDIFF_DEVICE="cpu",
+        **{
+            "MIDIFF_STORAGE_DIR": str(tmp / "storage"),
+            "MIDIFF_MODEL_DIR": str(model_root),
+            "MIDIFF_API_KEYS": API_KEY,
+            "MIDIFF_MAX_UPLOAD_MB": "1",
+            "MIDIFF_DEVICE": "cpu",
+            **extra_env,
+        }
     )
     with open(log_path, "w") as log:
         proc = subprocess.Popen(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import struct
 from pathlib import Path
 
 import nibabel as nib
@@ -95,3 +97,36 @@ def test_refuses_a_damaged_gzip_stream(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(NiftiRejected):
         check_nifti(path)
+
+
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "says"),
+    [
+        (0, "i", 12345, "sizeof_hdr"),
+        (72, "h", 3, "bitpix does not match"),
+        (80, "f", 0.0, "pixdim"),
+    ],
+)
+def test_refuses_a_header_that_contradicts_itself(
+    tmp_path: Path, offset: int, fmt: str, value: float, says: str
+) -> None:
+    """nibabel would repair these silently; a hostile or broken writer is refused instead."""
+    raw = bytearray(write_nifti(tmp_path / "v.nii", (32, 32, 2)).read_bytes())
+    struct.pack_into("<" + fmt, raw, offset, value)
+    path = tmp_path / "lying.nii"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(NiftiRejected, match=f"contradicts itself.*{re.escape(says)}"):
+        check_nifti(path)
+
+
+def test_refuses_values_that_overflow_float32_once_scaled(tmp_path: Path) -> None:
+    data = np.zeros((32, 32, 2), np.float64)
+    data[10:20, 10:20] = 1e300
+    path = write_nifti(tmp_path / "big.nii", data=data)
+    with pytest.raises(NiftiRejected, match="do not fit in 32-bit floating point"):
+        check_nifti(path)
+    raw = bytearray(write_nifti(tmp_path / "v.nii", (32, 32, 2)).read_bytes())
+    struct.pack_into("<f", raw, 112, 3e38)  # scl_slope: 160 * 3e38 overflows
+    (tmp_path / "scaled.nii").write_bytes(bytes(raw))
+    with pytest.raises(NiftiRejected, match="once scaled"):
+        check_nifti(tmp_path / "scaled.nii")

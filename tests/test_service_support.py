@@ -101,7 +101,10 @@ def files_under(root: Path) -> list[str]:
 class WorkerProcess:
     """A real ``celery -A worker.app worker -P solo`` process, logs collected for assertions."""
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+    def __init__(
+        self, env: dict[str, str], name: str, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
+        self.name = name
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("MIDIFF_")}
         full_env.update(env)
         full_env["PYTHONPATH"] = str(REPO)
@@ -129,6 +132,7 @@ class WorkerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=preexec_fn,  # a resource limit, set between fork and exec
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

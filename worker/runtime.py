@@ -8,6 +8,7 @@ only when a job actually runs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import socket
@@ -33,6 +34,15 @@ from worker.settings import WorkerSettings
 log = logging.getLogger("midiffusion.worker")
 
 CONTENT_TYPES = {".nii.gz": "application/gzip", ".png": "image/png"}
+# A full volume, a quota, or a file-size limit (RLIMIT_FSIZE): no room for the output.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+INTERNAL_MESSAGE = (
+    "the worker could not finish this job (an internal error, logged for the operators)"
+)
+
+
+class JobReleased(Exception):
+    """The worker is stopping: the job was left unfinished, for another worker to run."""
 
 
 @dataclass
@@ -67,13 +77,19 @@ class WorkerRuntime:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.jobs: JobStore = open_job_store(
-            settings.redis_url, settings.storage_dir, settings.job_retention_s
+            settings.redis_url,
+            settings.storage_dir,
+            settings.job_retention_s,
+            outage_s=settings.store_outage_s,
         )
         self.storage = LocalStorage(settings.storage_dir)
         self.hostname = socket.gethostname()
         self._translators: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
         self._model_store: Any = None
+        # set when the worker is asked to stop (SIGTERM): the running job is released at its
+        # next sampling step, back to the queue for another worker, instead of run to the end
+        self.stopping = threading.Event()
 
     # -- models: loaded once per process, kept for its lifetime
     def model_store(self) -> Any:
@@ -137,6 +153,10 @@ class WorkerRuntime:
             state, error, output = self._translate(job)
         finally:
             metrics.BUSY.set(0)
+        if state is JobState.RUNNING:  # released: not finished here, the task goes back
+            log.warning("job %s released: this worker is shutting down", job_id)
+            metrics.JOBS_FINISHED.labels("released").inc()
+            raise JobReleased(job_id)
         self.jobs.finish(job_id, state, now=time.time(), error=error, output=output)
         metrics.RUN_TIME.labels(state.value).observe(time.perf_counter() - t0)
         metrics.JOBS_FINISHED.labels(state.value).inc()
@@ -155,8 +175,6 @@ class WorkerRuntime:
         return state.value
 
     def _translate(self, job: JobRecord) -> tuple[JobState, JobError | None, JobOutput | None]:
-        import nibabel as nib
-
         from jobs.dicom_intake import DicomRejected
         from midiffusion.io.dicom_series import DicomDecodeError
         from midiffusion.pipeline.translate import TranslationCancelled, TranslationInputError
@@ -170,7 +188,7 @@ class WorkerRuntime:
             metrics.PROGRESS.set(done / total if total else 0.0)
 
         def should_cancel() -> bool:
-            return deadline.passed() or self.jobs.cancel_requested(job.id)
+            return deadline.passed() or self.stopping.is_set() or self.jobs.cancel_requested(job.id)
 
         try:
             from midiffusion.pipeline.devices import peak_memory_bytes, reset_peak_memory
@@ -183,7 +201,7 @@ class WorkerRuntime:
 
                 layout, image = dicom_job.load(self.storage, spec.input_key)
             else:
-                image = nib.load(self.storage.path(spec.input_key))
+                image = self._load_input(spec.input_key)
             load_seconds = time.perf_counter() - stage
             warnings: list[str] = []
             reset_peak_memory(translator.device)
@@ -218,6 +236,9 @@ class WorkerRuntime:
             observe_translation(report, load=load_seconds, write=time.perf_counter() - stage)
             return JobState.SUCCEEDED, None, output
         except TranslationCancelled:
+            stopping = self.stopping.is_set() and not deadline.hit
+            if stopping and not self.jobs.cancel_requested(job.id):
+                return JobState.RUNNING, None, None  # released (see run_job)
             if deadline.hit:
                 return (
                     JobState.FAILED,
@@ -244,12 +265,19 @@ class WorkerRuntime:
                 "must restore or re-import it"
             )
             return JobState.FAILED, JobError("model_integrity", message), None
+        except OSError as exc:
+            if exc.errno not in NO_ROOM:
+                log.exception("job %s failed", job.id)
+                return JobState.FAILED, JobError("internal_error", INTERNAL_MESSAGE), None
+            log.error("job %s: no room in storage for its output (%s)", job.id, exc.strerror)
+            message = (
+                "the result could not be written: the server's storage is full; the input is "
+                "kept, and the job can be submitted again once there is room"
+            )
+            return JobState.FAILED, JobError("storage_full", message), None
         except Exception:
             log.exception("job %s failed", job.id)  # the details are for the operators
-            message = (
-                "the worker could not finish this job (an internal error, logged for the operators)"
-            )
-            return JobState.FAILED, JobError("internal_error", message), None
+            return JobState.FAILED, JobError("internal_error", INTERNAL_MESSAGE), None
 
     def _write_uncertainty(self, job: JobRecord, uncertainty: Any) -> str:
         """The spread between the averaged draws, as NIfTI beside the result (written as
@@ -265,6 +293,24 @@ class WorkerRuntime:
             partial.unlink(missing_ok=True)
             raise
         return key
+
+    def _load_input(self, key: str) -> Any:
+        """The job's stored input; one the gateway passed but nibabel cannot open is the
+        input's fault (``invalid_input``), and nibabel's message, naming our file, is not shown."""
+        import nibabel as nib
+
+        from midiffusion.pipeline.translate import TranslationInputError
+
+        path = self.storage.path(key)
+        if not path.is_file():
+            raise TranslationInputError("the job's input is no longer stored; submit it again")
+        try:
+            return nib.load(path)
+        except Exception as exc:
+            log.warning("input %s cannot be opened: %s", key, type(exc).__name__)
+            raise TranslationInputError(
+                "the uploaded file cannot be read as a single-file NIfTI image"
+            ) from exc
 
     def _write_output(self, job: JobRecord, out: Any, warnings: tuple[str, ...]) -> JobOutput:
         import nibabel as nib

@@ -22,6 +22,12 @@ class WorkerSettings(CommonSettings):
     max_deliveries: int = Field(
         default=3, ge=1, description="a job whose worker dies this many times is failed"
     )
+    store_outage_s: int = Field(
+        default=120,
+        ge=0,
+        description="how long a worker keeps retrying the job store (Redis) while it is "
+        "unreachable, so a Redis restart does not fail the running job",
+    )
     worker_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus exporter port; 0 = off"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from fastapi import APIRouter
@@ -11,6 +12,7 @@ from service.context import Ctx, GatewayContext
 from service.problems import PROBLEM_JSON
 
 router = APIRouter(prefix="/health", tags=["health"])
+log = logging.getLogger("midiffusion.service")
 
 
 @router.get("/live", summary="The process answers")
@@ -23,15 +25,18 @@ def _broker_ok(ctx: GatewayContext) -> str | None:
         with ctx.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
         return None
-    except Exception as exc:
-        return f"broker unreachable: {type(exc).__name__}: {exc}"
+    except Exception:
+        # the probe needs no key: hosts, ports and exception texts go to the log only
+        log.warning("readiness: the broker is unreachable", exc_info=True)
+        return "broker unreachable (details in the gateway log)"
 
 
 def _models_ok(ctx: GatewayContext) -> str | None:
     try:
         return None if ctx.models.cards() else "model store holds no models"
-    except Exception as exc:
-        return f"model store unreadable: {type(exc).__name__}: {exc}"
+    except Exception:
+        log.warning("readiness: the model store is unreadable", exc_info=True)
+        return "model store unreadable (details in the gateway log)"
 
 
 @router.get("/ready", summary="Broker reachable, job store answering, model store readable")
@@ -42,7 +47,7 @@ def ready(ctx: Ctx) -> JSONResponse:
         "model_store": _models_ok(ctx),
         "storage": None
         if os.access(ctx.storage.root, os.W_OK)
-        else f"storage {ctx.storage.root} is not writable",
+        else "storage is not writable (MIDIFF_STORAGE_DIR)",
     }
     failures.update({name: check() for name, check in ctx.extra_checks.items()})
     checks = {name: problem or "ok" for name, problem in failures.items()}

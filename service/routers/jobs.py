@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from jobs import TERMINAL_STATES, JobRecord, JobState
 from jobs.push_status import get_push
 from jobs.study_index import jobs_for_study
+from service.audit import DELETE, DOWNLOAD, audit
 from service.context import Ctx, GatewayContext, Principal
 from service.problems import Problem
 from service.result_parts import result_part
@@ -27,7 +28,7 @@ def _load(ctx: GatewayContext, job_id: str, principal: str) -> JobRecord:
         raise Problem(
             404,
             "job-not-found",
-            f"no job `{job_id}` (job ids are 32 hex characters, from the Location header of "
+            f"no job `{job_id[:64]}` (job ids are 32 hex characters, from the Location header of "
             "POST /translate; finished jobs are removed after their retention period)",
         )
     return job
@@ -74,6 +75,18 @@ def get_result(
     request: Request,
     part: str | None = None,
 ) -> Response:
+    try:
+        response = _result(ctx, job_id, principal, request, part)
+    except Problem as problem:
+        audit(DOWNLOAD, principal, job_id[:64], problem.code, problem.status)
+        raise
+    audit(DOWNLOAD, principal, job_id, "ok", 200)
+    return response
+
+
+def _result(
+    ctx: GatewayContext, job_id: str, principal: str, request: Request, part: str | None
+) -> Response:
     job = _load(ctx, job_id, principal)
     if job.state is not JobState.SUCCEEDED or job.output is None:
         hint = (
@@ -114,6 +127,17 @@ def cancel_job(
     principal: Principal,
     ctx: Ctx,
 ) -> JSONResponse:
+    try:
+        response = _cancel(ctx, job_id, principal)
+    except Problem as problem:
+        audit(DELETE, principal, job_id[:64], problem.code, problem.status)
+        raise
+    outcome = "stopping" if response.status_code == 202 else "cancelled"
+    audit(DELETE, principal, job_id, outcome, response.status_code)
+    return response
+
+
+def _cancel(ctx: GatewayContext, job_id: str, principal: str) -> JSONResponse:
     job = _load(ctx, job_id, principal)
     if job.state in (JobState.SUCCEEDED, JobState.FAILED):
         raise Problem(

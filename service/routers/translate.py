@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 import uuid
@@ -14,15 +15,17 @@ from starlette.concurrency import run_in_threadpool
 
 from jobs import JobRecord
 from service import metrics
+from service.audit import SUBMIT, audit
 from service.context import Ctx, GatewayContext, Principal
 from service.dicom_check import is_dicom_upload, pack
 from service.nifti_check import suffix_for
 from service.problems import Problem
 from service.schemas import JobOut, OutputFormat, TranslateParams, job_out
-from service.submission import DICOM_FILENAME, StoredInput, submit_stored
-from service.uploads import ReceivedUpload, receive_upload
+from service.submission import DICOM_FILENAME, StoredInput, check_queue_room, submit_stored
+from service.uploads import ReceivedUpload, is_storage_full, receive_upload, storage_full
 
 router = APIRouter(tags=["jobs"])
+log = logging.getLogger("midiffusion.service")
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -65,6 +68,10 @@ def _submit(
         try:
             pack(upload.partials, upload.first_bytes, partial)
             ctx.storage.commit(partial, key)
+        except OSError as exc:
+            if is_storage_full(exc):  # no room for the series' archive
+                raise storage_full() from exc
+            raise
         finally:
             partial.unlink(missing_ok=True)
         stored = StoredInput(key, "dicom", DICOM_FILENAME, upload.size, upload.fingerprint)
@@ -137,6 +144,8 @@ async def translate(
                 "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
             )
         job_id = uuid.uuid4().hex
+        if idempotency_key is None:  # a replay is answered even when the queue is full
+            await run_in_threadpool(check_queue_room, ctx, principal)
         upload = await receive_upload(
             request,
             ctx.storage,
@@ -153,7 +162,12 @@ async def translate(
             upload.discard()  # committed (renamed or packed) already, or unwanted
     except Problem as problem:
         metrics.SUBMISSIONS_REJECTED.labels(problem.code).inc()
+        audit(SUBMIT, principal, None, problem.code, problem.status)
         raise
+    except BaseException:
+        audit(SUBMIT, principal, None, "error", 500)
+        raise
+    audit(SUBMIT, principal, job.id, "replayed" if replayed else "accepted", 202)
     headers = {"Location": f"/jobs/{job.id}", "Retry-After": str(ctx.settings.retry_after_s)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -58,16 +58,21 @@ class LocalStorage:
         os.replace(partial, self.path(key))
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
-        """Write an object; it appears under ``key`` only if the block finishes."""
+    def writing_to(self, key: str) -> Iterator[Path]:
+        """A temporary path to write an object to; it appears under ``key`` only if the block
+        finishes, and nothing is left behind if it does not."""
         partial = self.partial_path(key)
         try:
-            with open(partial, "wb") as fh:
-                yield fh
+            yield partial
             self.commit(partial, key)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        finally:
+            partial.unlink(missing_ok=True)  # gone already once committed
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """Write an object through a file handle (:meth:`writing_to`)."""
+        with self.writing_to(key) as partial, open(partial, "wb") as fh:
+            yield fh
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

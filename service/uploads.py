@@ -242,6 +242,46 @@ class _Receiver:
         return self.hasher.hexdigest()
 
 
+# python-multipart's part callbacks, which a sink of stream_parts implements
+PART_CALLBACKS = (
+    "on_part_begin",
+    "on_part_data",
+    "on_part_end",
+    "on_header_field",
+    "on_header_value",
+    "on_header_end",
+    "on_headers_finished",
+)
+
+
+async def stream_parts(
+    request: Request, boundary: bytes, sink: Any, limit: int, malformed: Problem
+) -> None:
+    """Feed the request body to ``sink``'s :data:`PART_CALLBACKS`, at most ``limit`` bytes of
+    content (413 beyond); a malformed body raises ``malformed``, a full volume 507. On any
+    failure ``sink.discard()`` removes what it had written, so nothing half-received stays."""
+    parser = MultipartParser(boundary, {name: getattr(sink, name) for name in PART_CALLBACKS})
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit + MULTIPART_OVERHEAD:
+                raise too_large(limit)
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        sink.discard()
+        raise malformed from exc
+    except OSError as exc:
+        sink.discard()
+        if is_storage_full(exc):
+            raise storage_full() from exc
+        raise
+    except BaseException:  # 413, a bad part, the client going away: keep nothing
+        sink.discard()
+        raise
+
+
 async def receive_upload(
     request: Request, storage: LocalStorage, key: str, *, limit: int, want_fingerprint: bool
 ) -> ReceivedUpload:
@@ -262,42 +302,12 @@ async def receive_upload(
         raise too_large(limit)
 
     receiver = _Receiver(storage, key, limit, want_fingerprint)
-    callbacks: Any = {
-        name: getattr(receiver, name)
-        for name in (
-            "on_part_begin",
-            "on_part_data",
-            "on_part_end",
-            "on_header_field",
-            "on_header_value",
-            "on_header_end",
-            "on_headers_finished",
-        )
-    }
-    parser = MultipartParser(boundary, callbacks)
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit + MULTIPART_OVERHEAD:
-                raise too_large(limit)
-            parser.write(chunk)
-        parser.finalize()
-    except FormParserError as exc:
-        receiver.discard()
-        # the parser's own wording is about its state machine, not about what the client sent
-        raise _bad_form(
-            "the multipart body is malformed (a boundary, a part header or its end is not where "
-            "multipart/form-data puts it); send the form as curl -F or a browser does"
-        ) from exc
-    except OSError as exc:
-        receiver.discard()
-        if is_storage_full(exc):
-            raise storage_full() from exc
-        raise
-    except BaseException:  # 413, a bad part, the client going away: keep nothing
-        receiver.discard()
-        raise
+    # the parser's own wording is about its state machine, not about what the client sent
+    malformed = _bad_form(
+        "the multipart body is malformed (a boundary, a part header or its end is not where "
+        "multipart/form-data puts it); send the form as curl -F or a browser does"
+    )
+    await stream_parts(request, boundary, receiver, limit, malformed)
     if receiver.file is not None and not receiver.file.closed:  # body ended inside the file part
         receiver.discard()
         raise _bad_form("the multipart body ended before the file part was complete")

@@ -12,6 +12,7 @@ import logging
 import zipfile
 from email.parser import BytesParser
 from email.policy import HTTP
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -45,9 +46,10 @@ SECRETS = (PATIENT_NAME, PATIENT_NAME.replace("^", " "), PATIENT_NAME.split("^")
 
 
 class Service:
-    def __init__(self, client: TestClient, worker: WorkerProcess) -> None:
+    def __init__(self, client: TestClient, worker: WorkerProcess, storage: Path) -> None:
         self.client = client
         self.worker = worker
+        self.storage = storage
 
     def wait(self, job_id: str) -> dict:
         def finished() -> dict | None:
@@ -75,7 +77,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory, tiny_model
     worker = WorkerProcess(worker_env(url, storage, tiny_model_store.root), "dicom")
     try:
         with TestClient(create_app(settings)) as client:
-            yield Service(client, worker)
+            yield Service(client, worker, storage)
     finally:
         worker.stop()
 
@@ -246,3 +248,21 @@ def test_stow_rs_makes_one_job_per_series(service: Service) -> None:
         "/dicomweb/studies", content=b"x", headers={**AUTH, "Content-Type": "application/json"}
     )
     assert wrong.status_code == 415
+
+
+def test_a_malformed_stow_body_is_refused_and_leaves_nothing(service: Service) -> None:
+    """The STOW-RS body goes through the same part streaming as the form upload: a body cut off
+    inside a part is a 422 in the project's words (not the parser's), with nothing stored."""
+    s = make_series(slices=3, size=(32, 32), seed=8)
+    body, content_type = _stow_body(s.instances)
+    before = sorted(p.name for p in service.storage.rglob("*") if p.is_file())
+    response = service.client.post(
+        "/dicomweb/studies",
+        content=body[: len(body) // 2].replace(b"--", b"-x"),
+        headers={**AUTH, "Content-Type": content_type},
+    )
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["type"].endswith("invalid-multipart")
+    assert "multipart/related" in problem["detail"] and "Error" not in problem["detail"]
+    assert sorted(p.name for p in service.storage.rglob("*") if p.is_file()) == before

@@ -42,15 +42,12 @@ def write_series(
     )
     instances = derived_series(layout, volume01(out), derivation)
     key = storage.key("out", job.id, ".zip")
-    partial = storage.partial_path(key)
-    try:
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-            for n, (_, blob) in enumerate(instances, 1):
-                archive.writestr(f"{n:05d}.dcm", blob)
-        storage.commit(partial, key)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with (
+        storage.writing_to(key) as partial,
+        zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive,
+    ):
+        for n, (_, blob) in enumerate(instances, 1):
+            archive.writestr(f"{n:05d}.dcm", blob)
     return JobOutput(
         key=key,
         filename=f"derived-series_{spec.model_name}.zip",

@@ -285,13 +285,8 @@ class WorkerRuntime:
         import nibabel as nib
 
         key = self.storage.key("out", job.id, ".uncertainty.nii.gz")
-        partial = self.storage.partial_path(key)
-        try:
+        with self.storage.writing_to(key) as partial:
             nib.save(uncertainty, partial)
-            self.storage.commit(partial, key)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
         return key
 
     def _load_input(self, key: str) -> Any:
@@ -317,8 +312,7 @@ class WorkerRuntime:
 
         suffix = ".png" if job.spec.output_format == "png" else ".nii.gz"
         key = self.storage.key("out", job.id, suffix)
-        partial = self.storage.partial_path(key)
-        try:
+        with self.storage.writing_to(key) as partial:
             if suffix == ".png":
                 from midiffusion.io.imaging import save_png
 
@@ -326,10 +320,6 @@ class WorkerRuntime:
                 save_png(data.reshape(data.shape[:2]), partial)
             else:
                 nib.save(out, partial)
-            self.storage.commit(partial, key)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
         return JobOutput(
             key=key,
             filename=output_filename(job.spec.input_filename, job.spec.model_name, suffix),

@@ -21,8 +21,7 @@ from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from jobs.dicom_intake import DicomRejected, Instance, plan_series, read_header
@@ -31,7 +30,7 @@ from service.context import Ctx, GatewayContext, Principal
 from service.problems import Problem
 from service.routers.translate import _parse_params
 from service.submission import DICOM_FILENAME, StoredInput, submit_stored
-from service.uploads import MULTIPART_OVERHEAD, too_large
+from service.uploads import stream_parts, too_large
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 DICOM_JSON = "application/dicom+json"
@@ -113,33 +112,13 @@ async def _receive(request: Request, ctx: GatewayContext, key: str) -> _Parts:
         raise _unsupported()
     limit = ctx.settings.max_upload_bytes
     parts = _Parts(ctx, key, limit)
-    callbacks: Any = {
-        name: getattr(parts, name)
-        for name in (
-            "on_part_begin",
-            "on_part_data",
-            "on_part_end",
-            "on_header_field",
-            "on_header_value",
-            "on_header_end",
-            "on_headers_finished",
-        )
-    }
-    parser = MultipartParser(boundary.strip(b'"'), callbacks)
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit + MULTIPART_OVERHEAD:
-                raise too_large(limit)
-            parser.write(chunk)
-        parser.finalize()
-    except MultipartParseError as exc:
-        parts.discard()
-        raise Problem(422, "invalid-multipart", f"the multipart body is malformed ({exc})") from exc
-    except BaseException:
-        parts.discard()
-        raise
+    malformed = Problem(
+        422,
+        "invalid-multipart",
+        "the multipart body is malformed (a boundary, a part header or its end is not where "
+        'multipart/related; type="application/dicom" puts it)',
+    )
+    await stream_parts(request, boundary.strip(b'"'), parts, limit, malformed)
     if not parts.paths:
         raise Problem(422, "invalid-multipart", "the request holds no DICOM instance")
     return parts
@@ -177,16 +156,14 @@ def _store_series(
         return None, str(exc)
     job_id = uuid.uuid4().hex
     key = ctx.storage.key("in", job_id, ".zip")
-    partial = ctx.storage.partial_path(key)
     size = 0
-    try:
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for n, (path, _) in enumerate(parts, 1):
-                archive.write(path, f"{n:05d}.dcm")
-                size += path.stat().st_size
-        ctx.storage.commit(partial, key)
-    finally:
-        partial.unlink(missing_ok=True)
+    with (
+        ctx.storage.writing_to(key) as partial,
+        zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        for n, (path, _) in enumerate(parts, 1):
+            archive.write(path, f"{n:05d}.dcm")
+            size += path.stat().st_size
     try:
         submit_stored(
             ctx,

@@ -64,16 +64,13 @@ def _submit(
     card = ctx.models.resolve(params.model)
     if is_dicom_upload(upload.first_bytes, len(upload.partials)):
         key = ctx.storage.key("in", job_id, ".zip")
-        partial = ctx.storage.partial_path(key)
         try:
-            pack(upload.partials, upload.first_bytes, partial)
-            ctx.storage.commit(partial, key)
+            with ctx.storage.writing_to(key) as partial:
+                pack(upload.partials, upload.first_bytes, partial)
         except OSError as exc:
             if is_storage_full(exc):  # no room for the series' archive
                 raise storage_full() from exc
             raise
-        finally:
-            partial.unlink(missing_ok=True)
         stored = StoredInput(key, "dicom", DICOM_FILENAME, upload.size, upload.fingerprint)
     else:
         key = ctx.storage.key("in", job_id, suffix_for(upload.first_bytes))

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from dicom_support import PATIENT_ID, PATIENT_NAME, check_derived, make_series, oblique
 from orthanc_support import Orthanc, free_port
-from test_service_support import API_KEY, AUTH, REPO, wait_for
+from test_service_support import API_KEY, AUTH, REPO, wait_for, wait_until_ready
 
 pytestmark = pytest.mark.slow
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
@@ -68,16 +68,7 @@ def _gateway(tmp: Path, model_root: Path, **extra: str) -> Iterator[str]:
     log = tmp / "serve.log"
     with _process(["serve", "--port", str(port)], env, log) as proc:
         base = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError("serve exited:\n" + log.read_text())
-            try:
-                return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=90, interval=0.2, what="midiffusion serve")
+        wait_until_ready(proc, base, log, "midiffusion serve")
         yield base
 
 

@@ -43,6 +43,7 @@ from test_service_support import (
     iter_partials,
     redis_db,
     wait_for,
+    wait_until_ready,
     worker_env,
     write_nifti,
 )
@@ -331,16 +332,8 @@ def serve_process(env: dict[str, str], preexec: Callable[[], None] | None) -> It
         preexec_fn=preexec,  # a resource limit, set between fork and exec
     )
     base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, "serve exited"
-        try:
-            return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(ready, timeout=90, interval=0.2, what="the gateway")
+        wait_until_ready(proc, base)
         yield base
     finally:
         proc.send_signal(signal.SIGINT)

@@ -17,7 +17,15 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-from test_service_support import API_KEY, AUTH, REPO, files_under, wait_for, write_nifti
+from test_service_support import (
+    API_KEY,
+    AUTH,
+    REPO,
+    files_under,
+    wait_for,
+    wait_until_ready,
+    write_nifti,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,17 +66,8 @@ def serving(tmp: Path, model_root: Path, **extra_env: str) -> Iterator[dict]:
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError("serve exited:\n" + log_path.read_text())
-        try:
-            return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(ready, timeout=90, interval=0.2, what="midiffusion serve to be ready")
+        wait_until_ready(proc, base, log_path, "midiffusion serve")
         yield {"base": base, "tmp": tmp, "storage": tmp / "storage", "log": log_path, "proc": proc}
     finally:
         if proc.poll() is None:

@@ -94,6 +94,24 @@ def wait_for(
         time.sleep(interval)
 
 
+def wait_until_ready(
+    proc: subprocess.Popen, base: str, log: Path | None = None, what: str = "the gateway"
+) -> None:
+    """Wait for a gateway process at ``base`` to answer ``/health/ready``; fail at once, with
+    its ``log``, if the process exits first."""
+    import httpx
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited" + (":\n" + log.read_text() if log else ""))
+        try:
+            return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, timeout=90, interval=0.2, what=f"{what} to be ready")
+
+
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 

@@ -49,6 +49,7 @@ from test_service_support import (
     WorkerProcess,
     redis_db,
     wait_for,
+    wait_until_ready,
     worker_env,
     write_nifti,
 )
@@ -170,16 +171,7 @@ def run(
     gateway, base, gateway_log = _gateway(tmp, url, models)
     prometheus = None
     try:
-
-        def ready() -> bool:
-            if gateway.poll() is not None:
-                raise AssertionError("the gateway exited:\n" + gateway_log.read_text())
-            try:
-                return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=90, interval=0.2, what="the gateway to be ready")
+        wait_until_ready(gateway, base, gateway_log)
         config = scrape_config_for(
             {
                 "midiffusion-gateway": base.removeprefix("http://"),

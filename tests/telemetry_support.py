@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from test_service_support import stop_process
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -134,13 +136,7 @@ class PrometheusServer:
         return httpx.get(f"{self.url}/api/v1/query_range", params=params, timeout=30).json()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, signal.SIGTERM)
 
 
 def split_comparison(expr: str) -> tuple[str, str, str]:

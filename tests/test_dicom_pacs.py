@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pydicom
 import pytest
 from dicom_support import PATIENT_ID, PATIENT_NAME, check_derived, make_series, oblique
 from orthanc_support import Orthanc, free_port
-from test_service_support import API_KEY, AUTH, REPO, wait_for, wait_until_ready
+from test_service_support import API_KEY, AUTH, REPO, stop_process, wait_for, wait_until_ready
 
 pytestmark = pytest.mark.slow
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
@@ -45,13 +44,7 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from test_service_support import (
     gateway_settings,
     iter_partials,
     redis_db,
+    stop_process,
     wait_for,
     wait_until_ready,
     worker_env,
@@ -336,11 +337,7 @@ def serve_process(env: dict[str, str], preexec: Callable[[], None] | None) -> It
         wait_until_ready(proc, base)
         yield base
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_a_full_volume_refuses_uploads_and_fails_jobs_cleanly(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from test_service_support import (
     AUTH,
     REPO,
     files_under,
+    stop_process,
     wait_for,
     wait_until_ready,
     write_nifti,
@@ -70,13 +70,7 @@ def serving(tmp: Path, model_root: Path, **extra_env: str) -> Iterator[dict]:
         wait_until_ready(proc, base, log_path, "midiffusion serve")
         yield {"base": base, "tmp": tmp, "storage": tmp / "storage", "log": log_path, "proc": proc}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

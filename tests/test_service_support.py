@@ -112,6 +112,18 @@ def wait_until_ready(
     wait_for(ready, timeout=90, interval=0.2, what=f"{what} to be ready")
 
 
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
+    """Stop a service process as its supervisor would: ``sig`` (SIGINT: uvicorn's Ctrl-C), 30 s
+    to finish, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
@@ -176,13 +188,7 @@ class WorkerProcess:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, signal.SIGTERM)
 
 
 def worker_env(redis_url: str, storage_dir: Path, model_dir: Path, **extra: str) -> dict[str, str]:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ from test_service_support import (
     REPO,
     WorkerProcess,
     redis_db,
+    stop_process,
     wait_for,
     wait_until_ready,
     worker_env,
@@ -111,16 +111,6 @@ def _gateway(tmp: Path, url: str, models: Path) -> tuple[subprocess.Popen, str, 
             stderr=subprocess.STDOUT,
         )
     return proc, f"http://127.0.0.1:{port}", log_path
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _submit(client: httpx.Client, path: Path, steps: int) -> str:
@@ -238,7 +228,7 @@ def run(
     finally:
         if prometheus is not None:
             prometheus.stop()
-        _stop(gateway)
+        stop_process(gateway)
         worker.stop()
 
 

@@ -1,23 +1,26 @@
-"""Translation speed: seconds per 128 x 128 slice on the CPU, slices per second on a GPU.
+"""Translation speed: seconds per 128 x 128 slice for the default, ``fast`` and faithful modes.
 
-    python bench/translate.py [--steps N] [--batch 8] [--faithful-steps 5] [--skip-faithful]
+    python bench/translate.py [--batch 8] [--faithful-steps 5] [--skip-faithful]
 
 What is timed (docs/performance.md):
-- default mode: the model card's sampler, steps, guidance and samples, end to end through
-  ``Translator.translate_slices`` (self-LMI, then per step a cross-LMI and a U-Net call), for one
-  slice and for a batch of ``--batch`` slices (reported per slice), in float32 and, where the CPU
-  computes bfloat16 natively (AVX512-BF16 or AMX), in bfloat16 autocast
-  (``midiffusion.pipeline.precision``);
-- faithful mode: the published LMI operator (``mode="faithful"``, raw VP state, [0,1] data) with
-  the DDPM sampler, timed over ``--faithful-steps`` steps and scaled to the published 1000. No
+- a **convolution unit**: a fixed float32 workload (ten 3x3 convolutions, 64 -> 64 channels, over
+  4 x 128 x 128), so that figures from different machines, or from one machine under different
+  load, can be compared: every mode is also given in these units;
+- **default** and **fast** (the model card's sampling defaults and its ``fast`` preset), end to
+  end through ``Translator.translate_slices`` (self-LMI, then per step a cross-LMI and a U-Net
+  call): one slice alone, and the cost of one more slice in a volume, from the difference
+  between ``--batch`` + 3 slices and 3 slices (what a long volume pays per slice), in the
+  precision ``auto`` picks and, where the CPU computes bfloat16 natively, in float32 too;
+- **faithful**: the published LMI operator (``mode="faithful"``, raw VP state) with the DDPM
+  sampler, timed over ``--faithful-steps`` steps and scaled to the published 1000. No
   faithful-trained model is needed for timing: the same network is fed faithful LMI maps (the
-  outputs are meaningless, the work is identical). The self-LMI is counted in every timed step's
-  share, so the scaled figure slightly overestimates;
-- with CUDA present: a 128-slice volume at several batch sizes, slices per second at the best.
+  outputs are meaningless, the work is identical);
+- with CUDA present: a 128-slice volume end to end (``Translator.translate``: planning,
+  resampling, sampling, mapping back) at 128 x 128 and at 256 x 256, default and fast.
 
-The network is the shipped ``t1w`` model when the store has it, else an untrained network of the
-``t1w`` training config (the same architecture, so the same speed). Figures on a shared machine
-are noisy: the script prints the load average and thread settings with them.
+The network is the shipped default ``t1w`` model when the store has it, else an untrained network
+of the ``t1w`` training config (the same architecture, so the same speed). Figures on a shared
+machine are noisy: the script prints the load average and thread settings with them.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -34,6 +40,8 @@ from midiffusion.model.unet import UNet, UNetConfig
 from midiffusion.pipeline.precision import native_bf16
 from midiffusion.pipeline.translate import Translator
 from midiffusion.training.config import TrainConfig
+
+BASE_SLICES = 3  # the short volume whose time the per-slice cost is measured against
 
 
 def load_translator(device: str) -> tuple[Translator, str]:
@@ -87,7 +95,7 @@ def source_slices(n: int, grid: int) -> tuple[np.ndarray, str]:
     return np.repeat(head[None].astype(np.float32).clip(0, 1), n, 0), "a synthetic phantom"
 
 
-def timed(fn) -> float:
+def timed(fn: Callable[[], object]) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -97,46 +105,90 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def convolution_unit() -> float:
+    """Seconds for the fixed float32 workload (median of 3, after a warm-up)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 128, 128, generator=gen)
+    w = torch.randn(64, 64, 3, 3, generator=gen) / 24
+
+    def work() -> None:
+        with torch.no_grad():
+            for _ in range(10):
+                torch.nn.functional.conv2d(x, w, padding=1)
+
+    work()
+    return statistics.median(timed(work) for _ in range(3))
+
+
+def preset_line(t: Translator, preset: str) -> str:
+    s = t.sampling.preset(preset)
+    pairs = " in antithetic pairs" if s.antithetic and s.samples > 1 else ""
+    return f"{s.sampler}, {s.steps} steps, mean of {s.samples} sample(s){pairs}"
+
+
+def time_preset(t: Translator, src: np.ndarray, preset: str, unit: float) -> None:
+    run = {"preset": preset, "seed": 0, "batch_size": len(src)}
+    t.translate_slices(src[:1], steps=1, preset=preset)  # warm-up (allocator, LMI tables)
+    one = timed(lambda: t.translate_slices(src[:1], **run))
+    short = timed(lambda: t.translate_slices(src[:BASE_SLICES], **run))
+    long = timed(lambda: t.translate_slices(src, **run))
+    more = (long - short) / (len(src) - BASE_SLICES)
+    print(
+        f"{preset:8s} {t.precision}: one slice {one:6.2f} s ({one / unit:4.1f} units); "
+        f"each slice of a volume {more:6.2f} s ({more / unit:4.1f} units; "
+        f"{len(src)} slices {long:.1f} s, {BASE_SLICES} slices {short:.1f} s)"
+    )
+
+
+def time_gpu_volumes(base: Translator, slices: int) -> None:
+    gpu = Translator(base.net, base.card, "cuda")  # auto: bf16 on a GPU that has it
+    print(f"\n== GPU: {torch.cuda.get_device_name()}, {slices}-slice volumes, {gpu.precision}")
+    for size in (128, 256):
+        vol, _ = source_slices(slices, base.grid)
+        if size != base.grid:
+            zoom = torch.nn.functional.interpolate(torch.from_numpy(vol)[:, None], size=size)
+            vol = zoom[:, 0].numpy()
+        image = nib.Nifti1Image(np.moveaxis(vol, 0, 2), np.diag([1.0, 1.0, 1.0, 1.0]))
+        gpu.translate(image, steps=1, batch_size=slices)  # warm-up
+        for preset in ("default", "fast"):
+            if preset not in ("default", *gpu.sampling.presets):
+                continue
+            t = timed(lambda i=image, p=preset: gpu.translate(i, preset=p, batch_size=slices))
+            print(
+                f"{size}x{size}, {preset:8s}: {t:6.2f} s for the volume, {slices / t:6.1f} slices/s"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, help="default: the model card's")
-    parser.add_argument("--batch", type=int, default=8, help="CPU batch size")
+    parser.add_argument("--batch", type=int, default=8, help="extra slices of the long volume")
     parser.add_argument("--faithful-steps", type=int, default=5, help="DDPM steps timed")
     parser.add_argument("--skip-faithful", action="store_true")
     parser.add_argument("--gpu-slices", type=int, default=128)
     args = parser.parse_args()
 
     cpu, name = load_translator("cpu")
-    steps = args.steps or cpu.sampling.steps
-    sampler = cpu.sampling.sampler
-    guidance = cpu.sampling.guidance
-    samples = cpu.sampling.samples
-    src, what = source_slices(args.batch, cpu.grid)
+    src, what = source_slices(args.batch + BASE_SLICES, cpu.grid)
     print(f"model: {name}; {sum(p.numel() for p in cpu.net.parameters()):,} parameters")
     print(f"input: {what}, {cpu.grid}x{cpu.grid}")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average before "
-        f"{os.getloadavg()[0]:.1f} (a shared machine: figures are noisy)"
+        f"{torch.__version__}, {torch.get_num_threads()} threads, bf16 in hardware: "
+        f"{native_bf16(cpu.device)}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+        f", load average before {os.getloadavg()[0]:.1f} (a shared machine: figures are noisy)"
     )
-    run = dict(sampler=sampler, guidance=guidance, samples=samples, seed=0)
-    print(
-        f"\n== default mode (CPU): {sampler}, {steps} steps, guidance {guidance}, "
-        f"mean of {samples} sample(s); precision auto = {cpu.precision} here"
-    )
-    for precision in ("fp32", "bf16") if native_bf16(cpu.device) else ("fp32",):
+    unit = convolution_unit()
+    print(f"convolution unit (fixed float32 workload): {unit:.3f} s")
+
+    print("\n== default and fast (CPU)")
+    presets = ["default", *cpu.sampling.presets]
+    for preset in presets:
+        print(f"{preset}: {preset_line(cpu, preset)}")
+    precisions = ("bf16", "fp32") if native_bf16(cpu.device) else ("fp32",)
+    for precision in precisions:
         t = Translator(cpu.net, cpu.card, cpu.device, precision)
-        t.translate_slices(src[:1], steps=1, **run)  # warm-up (allocator, LMI tables, kernels)
-        one = timed(lambda t=t: t.translate_slices(src[:1], steps=steps, **run))
-        print(f"{precision} one slice:   {one:7.2f} s per slice")
-        batch = timed(
-            lambda t=t: t.translate_slices(src, steps=steps, batch_size=args.batch, **run)
-        )
-        print(
-            f"{precision} batch of {args.batch:<3d}: {batch / args.batch:7.2f} s per slice "
-            f"({batch:.1f} s)"
-        )
+        for preset in presets:
+            time_preset(t, src, preset, unit)
 
     if not args.skip_faithful:
         k = args.faithful_steps
@@ -146,28 +198,16 @@ def main() -> None:
                 src[:1], steps=k, sampler="ddpm", guidance=1.0, samples=1, batch_size=1
             )
         )
-        per_step = t / k
+        per_slice = t / k * 1000
+        print(f"\n== faithful (CPU): published LMI + 1000-step DDPM, batch 1, {faithful.precision}")
         print(
-            f"\n== faithful mode (CPU): published LMI + DDPM, batch 1, as published, "
-            f"{faithful.precision}"
-        )
-        print(
-            f"{k} steps in {t:.2f} s: {per_step:.2f} s per step (faithful LMI + U-Net) "
-            f"-> {per_step * 1000:.0f} s per slice for 1000 steps ({per_step * 1000 / 60:.1f} min)"
+            f"{k} steps in {t:.2f} s -> {per_slice:.0f} s per slice ({per_slice / 60:.1f} min, "
+            f"{per_slice / unit:.0f} units)"
         )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
     if torch.cuda.is_available():
-        gpu = Translator(cpu.net, cpu.card, "cuda")  # auto: bf16 on a GPU that has it
-        vol, _ = source_slices(args.gpu_slices, gpu.grid)
-        print(f"\n== GPU: {torch.cuda.get_device_name()}, {len(vol)}-slice volume, {gpu.precision}")
-        gpu.translate_slices(vol[:8], steps=2, **run)  # warm-up
-        best = 0.0
-        for bs in (16, 32, 64, 128):
-            t = timed(lambda bs=bs: gpu.translate_slices(vol, steps=steps, batch_size=bs, **run))
-            best = max(best, len(vol) / t)
-            print(f"batch {bs:<4d} {t:7.2f} s for the volume, {len(vol) / t:7.1f} slices/s")
-        print(f"best: {best:.1f} slices/s")
+        time_gpu_volumes(cpu, args.gpu_slices)
     else:
         print("\nno CUDA device here: GPU figures not measured")
 

@@ -88,6 +88,23 @@ class ConditioningSection(_Section):
     data_range: tuple[float, float]
 
 
+# Named sampling presets a card may offer beside its defaults (``default``): ``fast`` trades a
+# measured amount of quality, stated in its note and in the model card, for speed.
+DEFAULT_PRESET = "default"
+PresetName = Literal["fast"]
+PRESET_NAMES: tuple[str, ...] = (DEFAULT_PRESET, *get_args(PresetName))
+
+
+class SamplingPreset(_Section):
+    """What a preset changes in the card's sampling defaults (None: keeps the default)."""
+
+    sampler: SamplerName | None = None
+    steps: int | None = Field(default=None, ge=1)
+    samples: int | None = Field(default=None, ge=1)
+    antithetic: bool | None = None
+    note: str = ""  # what it trades, as measured
+
+
 class SamplingSection(_Section):
     """How the model samples where the caller leaves a setting out. These defaults are the
     project's only ones (``models publish`` writes them unless told otherwise).
@@ -106,6 +123,17 @@ class SamplingSection(_Section):
     antithetic: bool = False
     anchor_mean: float | None = Field(default=None, gt=0, lt=1)
     anchor_mean_head: float | None = Field(default=None, gt=0, lt=1)
+    presets: dict[PresetName, SamplingPreset] = Field(default_factory=dict)
+
+    def preset(self, name: str | None) -> SamplingSection:
+        """These defaults with preset ``name`` applied (None or ``default``: unchanged)."""
+        if name is None or name == DEFAULT_PRESET:
+            return self
+        if name not in self.presets:
+            offered = ", ".join([DEFAULT_PRESET, *self.presets])
+            raise ValueError(f"preset {name!r} is not offered by this model; offered: {offered}")
+        changes = self.presets[name].model_dump(exclude={"note"}, exclude_none=True)
+        return self.model_copy(update=changes)
 
 
 DEFAULT_SAMPLING = SamplingSection()

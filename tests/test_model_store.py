@@ -178,7 +178,7 @@ def test_the_shipped_cards_validate_unchanged(path):
     raw = json.loads(path.read_text())
     card = ModelCard.model_validate(raw)
     assert json.loads(card.model_dump_json(exclude_unset=True)) == raw
-    assert card.sampling.samples == 4 and card.sampling.antithetic
+    assert card.sampling.samples % 2 == 0 and card.sampling.antithetic  # antithetic pairs
     assert card.conditioning.lmi.mode == card.lmi_mode() == "clean"
 
 
@@ -210,3 +210,20 @@ def test_a_bad_card_is_refused_at_publish(tiny_model_store, tmp_path, section, c
     with pytest.raises(ValidationError, match=message):
         store.publish(card, v.weights_path)
     assert store.list() == []
+
+
+def test_a_preset_names_only_what_it_changes_and_is_checked():
+    from pydantic import ValidationError
+
+    from model_store.card import SamplingSection
+
+    card = SamplingSection(
+        sampler="euler-a", steps=4, samples=1, presets={"fast": {"steps": 2, "note": "x"}}
+    )
+    fast = card.preset("fast")
+    assert (fast.sampler, fast.steps, fast.samples) == ("euler-a", 2, 1)
+    assert card.preset("default") is card and card.preset(None) is card
+    with pytest.raises(ValidationError):
+        SamplingSection(presets={"turbo": {"steps": 1}})  # only named presets
+    with pytest.raises(ValidationError):
+        SamplingSection(presets={"fast": {"steps": 0}})

@@ -198,3 +198,28 @@ def ndimage_erode(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return ndimage.binary_erosion(mask, iterations=2)
+
+
+def test_a_preset_replaces_the_card_defaults_it_names_and_explicit_options_win(tiny_model_store):
+    v = tiny_model_store.verified("tiny")
+    card = v.card
+    fast = {"fast": {"steps": 2, "samples": 1, "note": "for the test"}}
+    with_fast = card.model_copy(
+        update={
+            "sampling": card.sampling.model_validate(
+                {**card.sampling.model_dump(), "presets": fast}
+            )
+        }
+    )
+    t = Translator.load(with_fast, v.weights_path, precision="fp32")
+    src = (_head((32, 32, 1))[:, :, 0] / 100.0)[None].astype(np.float32)
+    seen: list[int] = []
+    out = t.translate_slices(src, preset="fast", progress=lambda d, total: seen.append(total))
+    assert seen[-1] == 2  # two steps of one draw, not the card's four
+    assert np.array_equal(out, t.translate_slices(src, steps=2))
+    t.translate_slices(src, preset="fast", steps=3, progress=lambda d, total: seen.append(total))
+    assert seen[-1] == 3
+    assert np.array_equal(t.translate_slices(src, preset="default"), t.translate_slices(src))
+    plain = Translator.load(card, v.weights_path, precision="fp32")
+    with pytest.raises(ValueError, match="not offered by this model; offered: default"):
+        plain.translate_slices(src, preset="fast")

@@ -16,7 +16,7 @@ from midiffusion.evaluation.reports import markdown_report
 from midiffusion.evaluation.runner import EvalSettings, evaluate
 from midiffusion.pipeline.devices import DEVICE_HELP
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
-from model_store.card import SAMPLER_NAMES
+from model_store.card import DEFAULT_PRESET, PRESET_NAMES, SAMPLER_NAMES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +65,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slices", type=int, help="evenly spaced slices per direction (default: all)"
     )
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default=DEFAULT_PRESET,
+        help="the card's sampling defaults or its fast preset; --steps etc. override either",
+    )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
     parser.add_argument(
         "--sampler", choices=SAMPLER_NAMES, help="sampler (default: the model card's)"
@@ -110,6 +116,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         faithful_model=args.faithful_model,
         faithful_steps=args.faithful_steps,
         slices=args.slices,
+        preset=args.preset,
         steps=args.steps,
         sampler=args.sampler,
         guidance=args.guidance,

@@ -30,7 +30,7 @@ from midiffusion.io.imaging import NIFTI_SUFFIXES, ImageFormatError
 from midiffusion.pipeline.devices import DEVICE_HELP, resolve_device
 from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
-from model_store.card import FAITHFUL_SAMPLING, SAMPLER_NAMES
+from model_store.card import DEFAULT_PRESET, FAITHFUL_SAMPLING, PRESET_NAMES, SAMPLER_NAMES
 
 PNG_SUFFIX = ".png"
 # A PNG is a slice as a viewer shows it: anterior at the top, the patient's right on the right.
@@ -62,6 +62,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="output .nii, .nii.gz or .png; for a DICOM input also .zip or a folder (the "
         "derived series)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default=DEFAULT_PRESET,
+        help="the card's sampling defaults, or its fast preset (fewer network passes for a "
+        "stated loss of quality, MODEL_CARD.md); --steps etc. override either",
     )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model card's)")
     parser.add_argument(
@@ -200,6 +207,11 @@ def choose_model(store, name: str | None, version: int | None, mode: str):
 
 def translate_file(args: argparse.Namespace) -> Path:
     # File problems are reported before torch and the model are loaded (seconds on a CPU).
+    if args.mode == "faithful" and args.preset != DEFAULT_PRESET:
+        raise TranslateCLIError(
+            f"--preset {args.preset} is for clean mode: faithful mode always runs the published "
+            "1000-step chain"
+        )
     out_kind = _kind(args.output, "output")
     layout = None
     if _kind(args.input, "input") == "dicom":
@@ -249,6 +261,7 @@ def translate_file(args: argparse.Namespace) -> Path:
 
         result = translator.translate(
             image,
+            preset=args.preset,
             steps=args.steps or defaults.get("steps"),
             seed=args.seed,
             sampler=args.sampler or defaults.get("sampler"),

@@ -90,6 +90,7 @@ def _midiffusion(ctx: MethodContext, d: Direction) -> Rows:
         lambda: d.from_model_grid(
             translator.translate_slices(
                 d.to_model_grid(d.source),
+                preset=s.preset,
                 steps=s.steps,
                 sampler=s.sampler,
                 guidance=s.guidance,

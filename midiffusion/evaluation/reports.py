@@ -14,6 +14,7 @@ import numpy as np
 
 from midiffusion.evaluation.metrics import METRIC_LABELS
 from midiffusion.evaluation.results import EvaluationResults, json_safe
+from model_store.card import DEFAULT_PRESET, SamplingSection
 from model_store.files import write_text_atomic
 
 
@@ -59,14 +60,15 @@ def _model_line(results: EvaluationResults) -> str:
     s, m = results.settings, results.model
     if m is None:
         return "No model run (baselines only)"
-    sampling = m.sampling
+    sampling = SamplingSection.model_validate(m.sampling).preset(s.preset).model_dump()
+    preset = f"preset {s.preset}: " if s.preset not in (None, DEFAULT_PRESET) else ""
     guidance = s.guidance if s.guidance is not None else sampling["guidance"]
     samples = s.samples or sampling["samples"]
     antithetic = sampling["antithetic"] if s.antithetic is None else s.antithetic
     pairs = " in antithetic pairs" if antithetic and samples > 1 else ""
     return (
         f"Model `{m.name}` v{m.version} ({m.training_iterations} training "
-        f"iterations, {m.parameters:,} parameters); sampler "
+        f"iterations, {m.parameters:,} parameters); {preset}sampler "
         f"{s.sampler or sampling['sampler']}, "
         f"{s.steps or sampling['steps']} steps, guidance {guidance}, "
         f"mean of {samples} sample{'s' if samples > 1 else ''}{pairs}; "

@@ -62,7 +62,8 @@ class EvalSettings:
     faithful_model: str | None = None
     faithful_steps: int = FAITHFUL_SAMPLING.steps
     slices: int | None = None  # evenly spaced subset; default every slice of the set
-    steps: int | None = None  # default: the model card's
+    preset: str | None = None  # the card's sampling defaults, or one of its presets
+    steps: int | None = None  # default: the model card's (or its preset's)
     sampler: str | None = None
     guidance: float | None = None
     samples: int | None = None  # default: the model card's

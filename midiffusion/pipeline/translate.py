@@ -313,7 +313,8 @@ class Translator:
         self.card = card
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.net = net.to(self.device).eval()
+        # channels-last activations suit oneDNN's and cuDNN's convolutions: about 1.3x on a CPU
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.schedule = DDPMSchedule.from_dict(card.schedule.model_dump())
         self.spec = ConditioningSpec.from_dict(card.conditioning.model_dump())
         self.grid = card.grid_size
@@ -352,6 +353,7 @@ class Translator:
         self,
         source01: np.ndarray,
         *,
+        preset: str | None = None,
         steps: int | None = None,
         seed: int = 0,
         sampler: str | None = None,
@@ -366,6 +368,8 @@ class Translator:
     ) -> np.ndarray:
         """Translate (N, G, G) slices in [0,1] on the model grid; returns (N, G, G) in [0,1].
 
+        Settings left out come from the card's sampling defaults, or from its ``preset`` (e.g.
+        ``fast``) where one is named.
         ``samples`` > 1 averages that many translations from different initial noises: an
         estimate of the posterior mean, which loses the sampler's invented fine texture (the
         part that cannot match the patient) and costs ``samples`` times the time. ``antithetic``
@@ -375,14 +379,15 @@ class Translator:
         ``midiffusion.pipeline.quality``). ``step_seconds`` receives the duration of every
         sampling step of a batch. Neither changes the result.
         """
-        steps = int(steps or self.sampling.steps)
-        sample = get_sampler(sampler or self.sampling.sampler)
-        guidance = float(self.sampling.guidance if guidance is None else guidance)
-        samples = int(samples or self.sampling.samples)
+        defaults = self.sampling.preset(preset)
+        steps = int(steps or defaults.steps)
+        sample = get_sampler(sampler or defaults.sampler)
+        guidance = float(defaults.guidance if guidance is None else guidance)
+        samples = int(samples or defaults.samples)
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
         if antithetic is None:
-            antithetic = self.sampling.antithetic
+            antithetic = defaults.antithetic
         batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))
         sigmas = self.schedule.sampling_sigmas(steps).to(self.device, torch.float32)
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -454,8 +459,8 @@ class Translator:
         volumes of at least ``MIN_ANCHOR_SLICES`` foreground slices, i.e. whole brains.
         ``warn`` receives one sentence per way the input lies outside what the model was
         trained on (:func:`input_warnings`), before sampling starts.
-        ``options`` are those of :meth:`translate_slices` (steps, seed, sampler, guidance,
-        samples, batch_size, progress, should_cancel)."""
+        ``options`` are those of :meth:`translate_slices` (preset, steps, seed, sampler,
+        guidance, samples, batch_size, progress, should_cancel)."""
         run = self._run_on_grid(image, anchor, warn, options)
         return run.to_input(image, run.result)
 
@@ -474,7 +479,7 @@ class Translator:
         started = time.perf_counter()
         spread = DrawSpread()
         run = self._run_on_grid(image, anchor, warn, {**options, "on_draws": spread.add})
-        samples = int(options.get("samples") or self.sampling.samples)
+        samples = int(options.get("samples") or self.sampling.preset(options.get("preset")).samples)
         spread_grid = np.zeros_like(run.result)
         if len(run.keep) and samples > 1:
             spread_grid[run.keep] = spread.std()

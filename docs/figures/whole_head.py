@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("docs/figures/whole-head.png"))
     parser.add_argument("--slice-mm", type=float, default=2.0, help="axial slice spacing (mm)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the card's)")
+    parser.add_argument("--samples", type=int, help="draws averaged (default: the card's)")
     args = parser.parse_args()
 
     store = ModelStore()
@@ -53,7 +55,7 @@ def main() -> None:
     translator = Translator.load(verified.card, verified.weights_path)
     vols = held_out_head(args.slice_mm)
     start = time.perf_counter()
-    out = translator.translate(vols["t2w"], seed=args.seed)
+    out = translator.translate(vols["t2w"], seed=args.seed, steps=args.steps, samples=args.samples)
     seconds = time.perf_counter() - start
     rows = {
         "source (T2w)": np.asarray(vols["t2w"].dataobj),

@@ -22,27 +22,24 @@ from scipy import ndimage
 
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.sets import load_volumes
-from midiffusion.evaluation.directions import load_directions
+from midiffusion.evaluation.directions import TUNING, direction_names, load_directions
 from midiffusion.evaluation.metrics import psnr, ssim
 from midiffusion.pipeline.translate import Translator
 from model_store import ModelStore
 
 SOURCES = ("t2w", "pdw", "flair")
+Case = tuple[str, np.ndarray, np.ndarray, np.ndarray, float]  # name, source, truth, mask, mm^2
 
 
-def head_cases(
-    grid: int, slices: int
-) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]]:
-    names = ["tune T2w->T1", "tune PDw->T1", "tune FLAIR->T1"]
+def head_cases(grid: int, slices: int) -> list[Case]:
+    names = direction_names(list(TUNING), None)
     return [
         (d.name, d.source, d.truth, d.mask, d.pixel_mm2)
         for d in load_directions(names, slices, None, grid)
     ]
 
 
-def brain_cases(
-    grid: int, slices: int
-) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]]:
+def brain_cases(grid: int, slices: int) -> list[Case]:
     vols = {k: np.asarray(v.dataobj, np.float32) for k, v in load_volumes("head-tune").items()}
     brain = vols["brain"] > 0
     ii, jj, kk = np.nonzero(brain)

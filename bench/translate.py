@@ -143,16 +143,15 @@ def time_preset(t: Translator, src: np.ndarray, preset: str, unit: float) -> Non
 def time_gpu_volumes(base: Translator, slices: int) -> None:
     gpu = Translator(base.net, base.card, "cuda")  # auto: bf16 on a GPU that has it
     print(f"\n== GPU: {torch.cuda.get_device_name()}, {slices}-slice volumes, {gpu.precision}")
+    grid_slices, _ = source_slices(slices, base.grid)
     for size in (128, 256):
-        vol, _ = source_slices(slices, base.grid)
+        vol = grid_slices
         if size != base.grid:
             zoom = torch.nn.functional.interpolate(torch.from_numpy(vol)[:, None], size=size)
             vol = zoom[:, 0].numpy()
         image = nib.Nifti1Image(np.moveaxis(vol, 0, 2), np.diag([1.0, 1.0, 1.0, 1.0]))
         gpu.translate(image, steps=1, batch_size=slices)  # warm-up
-        for preset in ("default", "fast"):
-            if preset not in ("default", *gpu.sampling.presets):
-                continue
+        for preset in gpu.sampling.offered_presets:
             t = timed(lambda i=image, p=preset: gpu.translate(i, preset=p, batch_size=slices))
             print(
                 f"{size}x{size}, {preset:8s}: {t:6.2f} s for the volume, {slices / t:6.1f} slices/s"
@@ -181,7 +180,7 @@ def main() -> None:
     print(f"convolution unit (fixed float32 workload): {unit:.3f} s")
 
     print("\n== default and fast (CPU)")
-    presets = ["default", *cpu.sampling.presets]
+    presets = cpu.sampling.offered_presets
     for preset in presets:
         print(f"{preset}: {preset_line(cpu, preset)}")
     precisions = ("bf16", "fp32") if native_bf16(cpu.device) else ("fp32",)

@@ -125,12 +125,17 @@ class SamplingSection(_Section):
     anchor_mean_head: float | None = Field(default=None, gt=0, lt=1)
     presets: dict[PresetName, SamplingPreset] = Field(default_factory=dict)
 
+    @property
+    def offered_presets(self) -> tuple[str, ...]:
+        """``default`` and the names of the presets this card offers."""
+        return (DEFAULT_PRESET, *self.presets)
+
     def preset(self, name: str | None) -> SamplingSection:
         """These defaults with preset ``name`` applied (None or ``default``: unchanged)."""
         if name is None or name == DEFAULT_PRESET:
             return self
         if name not in self.presets:
-            offered = ", ".join([DEFAULT_PRESET, *self.presets])
+            offered = ", ".join(self.offered_presets)
             raise ValueError(f"preset {name!r} is not offered by this model; offered: {offered}")
         changes = self.presets[name].model_dump(exclude={"note"}, exclude_none=True)
         return self.model_copy(update=changes)

@@ -370,6 +370,7 @@ class Translator:
 
         Settings left out come from the card's sampling defaults, or from its ``preset`` (e.g.
         ``fast``) where one is named.
+
         ``samples`` > 1 averages that many translations from different initial noises: an
         estimate of the posterior mean, which loses the sampler's invented fine texture (the
         part that cannot match the patient) and costs ``samples`` times the time. ``antithetic``

@@ -44,6 +44,7 @@ class JobSpec(BaseModel):
     input_shape: list[int]
     input_voxel_size: list[float]
     idempotency_key: str | None = None  # the store key of the idempotency claim, if any
+    preset: str | None = None  # a sampling preset of the model's card; None: its defaults
     # "nifti", or "dicom": the input is a zip of one series' instances (``jobs.dicom_intake``)
     input_kind: str = "nifti"
     dicom_study_uid: str | None = None

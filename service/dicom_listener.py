@@ -57,6 +57,7 @@ class ListenerSettings(BaseSettings):
         default="", description="callers' own SCPs, AET=host:port,... (for results sent back)"
     )
     dicom_model: str | None = Field(default=None, description="model for the jobs (name[:ver])")
+    dicom_preset: str | None = Field(default=None, description="sampling preset (e.g. fast)")
     dicom_steps: int | None = Field(default=None, ge=1, description="sampling steps")
     gateway_url: str = Field(default="http://127.0.0.1:8000", description="the gateway")
     gateway_api_key: SecretStr = Field(default=SecretStr(""), description="its API key")
@@ -206,6 +207,8 @@ class Listener:
         fields = {}
         if self.settings.dicom_model:
             fields["model"] = self.settings.dicom_model
+        if self.settings.dicom_preset:
+            fields["preset"] = self.settings.dicom_preset
         if self.settings.dicom_steps:
             fields["steps"] = str(self.settings.dicom_steps)
         for attempt in range(1, self.settings.push_attempts + 1):

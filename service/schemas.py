@@ -21,6 +21,8 @@ class TranslateParams(BaseModel):
     """The form fields of ``POST /translate`` (the file travels beside them)."""
 
     model: str | None = Field(default=None, max_length=128)
+    # a sampling preset the model's card offers (GET /models): "default" or e.g. "fast"
+    preset: str | None = Field(default=None, max_length=32)
     steps: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     # unset: dicom for a DICOM input, nifti for a NIfTI one
@@ -39,6 +41,7 @@ class ModelRef(BaseModel):
 
 
 class JobParams(BaseModel):
+    preset: str | None = None
     steps: int | None
     seed: int
     output_format: OutputFormat
@@ -128,7 +131,10 @@ def job_out(job: JobRecord, *, now: float) -> JobOut:
         progress=Progress(step=job.step, total=total, fraction=round(fraction, 4)),
         model=ModelRef(name=spec.model_name, version=spec.model_version),
         params=JobParams(
-            steps=spec.steps, seed=spec.seed, output_format=OutputFormat(spec.output_format)
+            preset=spec.preset,
+            steps=spec.steps,
+            seed=spec.seed,
+            output_format=OutputFormat(spec.output_format),
         ),
         input=JobInput(
             filename=spec.input_filename,

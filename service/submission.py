@@ -50,6 +50,18 @@ def resolve_output_format(kind: str, requested: str | None) -> str:
     return requested or "nifti"
 
 
+def check_preset(card: Any, preset: str | None) -> None:
+    """Refuse a sampling preset the model's card does not offer (422, naming those it does)."""
+    offered = card.sampling.offered_presets
+    if preset is not None and preset not in offered:
+        raise Problem(
+            422,
+            "invalid-parameters",
+            f"preset={preset!r} is not offered by {card.name} v{card.version}; accepted: "
+            + ", ".join(offered),
+        )
+
+
 def _describe(ctx: GatewayContext, stored: StoredInput, output_format: str) -> dict[str, Any]:
     path = ctx.storage.path(stored.key)
     if stored.kind == "dicom":
@@ -106,10 +118,12 @@ def submit_stored(
     output_format: str | None,
     principal: str,
     idempotency_key: str | None = None,
+    preset: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """Check, record and enqueue a job whose input is stored under ``stored.key`` (blocking:
     run it in a thread). Returns (job, replayed). The input is deleted when nothing is queued."""
     try:
+        check_preset(card, preset)
         fmt = resolve_output_format(stored.kind, output_format)
         spec = JobSpec(
             created_at=time.time(),
@@ -123,6 +137,7 @@ def submit_stored(
             input_filename=stored.filename,
             input_bytes=stored.size,
             idempotency_key=idempotency_key,
+            preset=preset,
             **_describe(ctx, stored, fmt),
         )
         try:

@@ -128,7 +128,12 @@ def tiny_model_store(tmp_path_factory: pytest.TempPathFactory, tiny_training_set
         name="tiny",
         target_modality="T1w",
         out_weights=weights,
-        sampling={"sampler": "ddim", "steps": 4, "guidance": 1.0},
+        sampling={
+            "sampler": "ddim",
+            "steps": 4,
+            "guidance": 1.0,
+            "presets": {"fast": {"steps": 2, "note": "half the steps"}},
+        },
     )
     store = ModelStore(tmp_path_factory.mktemp("store"))
     store.publish(card, weights)

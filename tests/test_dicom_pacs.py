@@ -103,6 +103,7 @@ def test_orthanc_sends_a_series_to_the_listener_and_gets_the_derived_one_back(
             MIDIFF_DICOM_ACCEPTED_AES=orthanc.aet,
             MIDIFF_DICOM_STABLE_SECONDS="1.5",
             MIDIFF_DICOM_PEERS=f"{orthanc.aet}=127.0.0.1:{orthanc.dicom_port}",
+            MIDIFF_DICOM_PRESET="fast",
             MIDIFF_DICOM_STEPS="2",
             MIDIFF_PUSH_BACKOFF_S="0.5",
         )
@@ -121,6 +122,7 @@ def test_orthanc_sends_a_series_to_the_listener_and_gets_the_derived_one_back(
                 assert sent.status_code == 200, sent.text
             derived = _derived_series(orthanc, series.study_uid, 12)
             check_derived(series, derived, "tiny", 1)
+            assert all("fast sampling preset" in d.DerivationDescription for d in derived)
             wait_for(lambda: "result sent" in log.read_text(), timeout=30, what="the send log")
         _no_patient_data(log.read_text(), (tmp_path / "serve.log").read_text())
         _no_patient_data(httpx.get(f"{gateway}/metrics").text)

@@ -207,7 +207,7 @@ def test_stow_rs_makes_one_job_per_series(service: Service) -> None:
     second = make_series(slices=5, size=(48, 48), study_uid=first.study_uid, seed=4)
     body, content_type = _stow_body(first.instances + second.instances)
     response = service.client.post(
-        "/dicomweb/studies?steps=2",
+        "/dicomweb/studies?steps=2&preset=fast",
         content=body,
         headers={**AUTH, "Content-Type": content_type},
     )
@@ -222,6 +222,7 @@ def test_stow_rs_makes_one_job_per_series(service: Service) -> None:
     for job_id in jobs:
         done = service.wait(job_id)
         assert done["state"] == "succeeded", done["error"]
+        assert done["params"]["preset"] == "fast"
     results = [service.result_zip(job_id) for job_id in jobs]
     assert sorted(len(r) for r in results) == [4, 5]
 
@@ -235,6 +236,9 @@ def test_stow_rs_makes_one_job_per_series(service: Service) -> None:
     answer = response.json()
     assert len(answer["00081199"]["Value"]) == 3 and len(answer["00081198"]["Value"]) == 1
     assert answer["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    # it runs to the end here, so that later tests see a storage at rest
+    taken = answer["00081199"]["Value"][0]["00081190"]["Value"][0].rsplit("/", 1)[1]
+    assert service.wait(taken)["state"] == "succeeded"
 
     # nothing stored: 409; the wrong media type: 415
     s = make_series(slices=6, size=(32, 32), shuffle=False, seed=7)
@@ -248,6 +252,20 @@ def test_stow_rs_makes_one_job_per_series(service: Service) -> None:
         "/dicomweb/studies", content=b"x", headers={**AUTH, "Content-Type": "application/json"}
     )
     assert wrong.status_code == 415
+
+
+def test_stow_rs_refuses_a_preset_the_model_does_not_offer(service: Service) -> None:
+    s = make_series(slices=3, size=(32, 32), seed=9)
+    body, content_type = _stow_body(s.instances)
+    before = sorted(p.name for p in service.storage.rglob("*") if p.is_file())
+    response = service.client.post(
+        "/dicomweb/studies?preset=turbo",
+        content=body,
+        headers={**AUTH, "Content-Type": content_type},
+    )
+    assert response.status_code == 422, response.text
+    assert "accepted: default, fast" in response.json()["detail"]
+    assert sorted(p.name for p in service.storage.rglob("*") if p.is_file()) == before
 
 
 def test_a_malformed_stow_body_is_refused_and_leaves_nothing(service: Service) -> None:

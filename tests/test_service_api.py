@@ -93,7 +93,7 @@ def test_submit_answers_202_with_location_and_the_job(gateway: Gateway) -> None:
     assert int(response.headers["retry-after"]) >= 1
     assert job["state"] == "queued" and job["attempts"] == 0
     assert job["model"] == {"name": "tiny", "version": 1}
-    assert job["params"] == {"steps": 7, "seed": 11, "output_format": "nifti"}
+    assert job["params"] == {"preset": None, "steps": 7, "seed": 11, "output_format": "nifti"}
     assert job["input"]["shape"] == [32, 32, 3]
     assert job["input"]["filename"] == "scan.nii.gz"
     assert job["progress"]["step"] == 0 and job["error"] is None and job["result"] is None
@@ -246,6 +246,7 @@ def test_constant_images_and_degenerate_affines_are_422(
         ({"steps": "100000"}, "invalid-parameters", "above the limit"),
         ({"output_format": "jpeg"}, "invalid-parameters", "nifti or png"),
         ({"output_format": "png"}, "invalid-nifti", "only for 2D"),
+        ({"preset": "turbo"}, "invalid-parameters", "accepted: default, fast"),
         ({"model": "nope"}, "unknown-model", "tiny:1"),
         ({"model": "tiny:9"}, "unknown-model", "tiny:1"),
         ({"colour": "blue"}, "invalid-form", "unknown form field `colour`"),

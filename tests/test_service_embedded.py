@@ -109,6 +109,30 @@ def test_embedded_mode_translates_end_to_end(server: dict) -> None:
     assert API_KEY not in server["log"].read_text()
 
 
+def test_a_job_samples_with_the_preset_it_names(server: dict) -> None:
+    """``preset=fast`` reaches the worker: the tiny card's fast preset halves its 4 steps."""
+    source = write_nifti(server["tmp"] / "preset.nii.gz", (32, 32, 3))
+    totals = {}
+    with httpx.Client(base_url=server["base"], headers=AUTH, timeout=30) as client:
+        for preset in ("default", "fast"):
+            with open(source, "rb") as fh:
+                response = client.post(
+                    "/translate", files={"file": ("scan.nii.gz", fh)}, data={"preset": preset}
+                )
+            assert response.status_code == 202, response.text
+            assert response.json()["params"]["preset"] == preset
+            location = response.headers["location"]
+
+            def finished(location: str = location) -> dict | None:
+                job = client.get(location).json()
+                return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+            job = wait_for(finished, timeout=120, interval=0.2, what=f"the {preset} job")
+            assert job["state"] == "succeeded", job["error"]
+            totals[preset] = job["progress"]["total"]
+    assert totals == {"default": 4, "fast": 2}
+
+
 def test_embedded_mode_caps_a_streamed_upload(server: dict) -> None:
     boundary = uuid.uuid4().hex
     block = os.urandom(256 * 1024)

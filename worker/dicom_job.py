@@ -38,7 +38,12 @@ def write_series(
 
     spec = job.spec
     derivation = Derivation(
-        spec.model_name, spec.model_version, target_modality, steps=spec.steps, seed=spec.seed
+        spec.model_name,
+        spec.model_version,
+        target_modality,
+        preset=spec.preset,
+        steps=spec.steps,
+        seed=spec.seed,
     )
     instances = derived_series(layout, volume01(out), derivation)
     key = storage.key("out", job.id, ".zip")

@@ -207,6 +207,7 @@ class WorkerRuntime:
             reset_peak_memory(translator.device)
             report = translator.translate_with_report(
                 image,
+                preset=spec.preset,
                 steps=spec.steps,
                 seed=spec.seed,
                 progress=progress,

@@ -165,6 +165,7 @@ class Derivation:
     model_name: str
     model_version: int
     target_modality: str
+    preset: str | None = None
     steps: int | None = None
     seed: int = 0
 
@@ -237,8 +238,9 @@ def derived_series(
             f"Synthetic {derivation.target_modality} translated from the {layout.modality} "
             f"series {source.get('SeriesNumber', '')} by the MIDiffusion model "
             f"{derivation.model_name} v{derivation.model_version} (zero-shot cross-modality "
-            f"translation, {derivation.steps or 'default'} sampling steps, seed "
-            f"{derivation.seed}); {NOT_FOR_DIAGNOSTIC_TEXT}"
+            f"translation, {derivation.preset or 'default'} sampling preset, "
+            f"{derivation.steps or 'default'} steps, seed {derivation.seed}); "
+            f"{NOT_FOR_DIAGNOSTIC_TEXT}"
         )[:1024]
         ds.SourceImageSequence = sources
         ds.ContributingEquipmentSequence = equipment

@@ -5,8 +5,8 @@
 STOW-RS answers as PS3.18 10.5 says: 200 when every instance was taken, 202 when some were and
 others failed, 409 when none was, each with a DICOM JSON body listing the taken instances
 (ReferencedSOPSequence; each one's RetrieveURL is its job) and the failed ones
-(FailedSOPSequence, with a FailureReason). The query takes ``model``, ``steps`` and ``seed`` as
-``POST /translate`` does.
+(FailedSOPSequence, with a FailureReason). The query takes ``model``, ``preset``, ``steps`` and
+``seed`` as ``POST /translate`` does.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from service import metrics
 from service.context import Ctx, GatewayContext, Principal
 from service.problems import Problem
 from service.routers.translate import _parse_params
-from service.submission import DICOM_FILENAME, StoredInput, submit_stored
+from service.submission import DICOM_FILENAME, StoredInput, check_preset, submit_stored
 from service.uploads import stream_parts, too_large
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 DICOM_JSON = "application/dicom+json"
+QUERY_FIELDS = ("model", "preset", "steps", "seed")  # the STOW query's job parameters
 # PS3.18 / PS3.4 failure reasons (FailureReason, 0008,1197)
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -170,6 +171,7 @@ def _store_series(
             job_id,
             StoredInput(key, "dicom", DICOM_FILENAME, size),
             card=card,
+            preset=params.preset,
             steps=params.steps,
             seed=params.seed,
             output_format="dicom",
@@ -182,6 +184,7 @@ def _store_series(
 
 def _stow(ctx: GatewayContext, parts: _Parts, params: Any, principal: str) -> JSONResponse:
     card = ctx.models.resolve(params.model)
+    check_preset(card, params.preset)  # one refusal for the request, not one per series
     failed: list[dict[str, Any]] = []
     series: dict[str, list[tuple[Path, Instance]]] = {}
     for position, path in enumerate(parts.paths, 1):
@@ -222,7 +225,7 @@ def _stow(ctx: GatewayContext, parts: _Parts, params: Any, principal: str) -> JS
     responses={200: {"content": {DICOM_JSON: {}}}},
 )
 async def stow(request: Request, principal: Principal, ctx: Ctx) -> JSONResponse:
-    fields = {k: v for k, v in request.query_params.items() if k in ("model", "steps", "seed")}
+    fields = {k: v for k, v in request.query_params.items() if k in QUERY_FIELDS}
     params = _parse_params(fields, ctx.settings.max_steps)
     batch = uuid.uuid4().hex
     parts = await _receive(request, ctx, ctx.storage.key("in", batch, ".zip"))

@@ -42,6 +42,7 @@ def _parse_params(fields: dict[str, str], max_steps: int) -> TranslateParams:
             422,
             "invalid-parameters",
             f"{reasons}. Accepted: model = a name from GET /models (or name:version); "
+            "preset = one its card offers (GET /models; e.g. default, fast); "
             f"steps = 1..{max_steps}; seed = 0..4294967295; output_format = nifti or png "
             "(NIfTI input), dicom (the default), nifti or png (DICOM input)",
         ) from exc
@@ -85,6 +86,7 @@ def _submit(
         job_id,
         stored,
         card=card,
+        preset=params.preset,
         steps=params.steps,
         seed=params.seed,
         output_format=params.output_format.value if params.output_format else None,
@@ -114,6 +116,11 @@ def _submit(
                                 "instance, or one zip of them",
                             },
                             "model": {"type": "string"},
+                            "preset": {
+                                "type": "string",
+                                "description": "a sampling preset of the model's card "
+                                "(GET /models), e.g. fast; default: the card's defaults",
+                            },
                             "steps": {"type": "integer", "minimum": 1},
                             "seed": {"type": "integer", "minimum": 0},
                             "output_format": {

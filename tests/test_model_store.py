@@ -187,7 +187,9 @@ def test_the_shipped_default_is_an_alias_to_a_verified_model():
     name, version = store.default_ref()
     assert version is not None  # named explicitly, not "the highest number"
     assert store.verified(name).card.version == version
-    assert len(list(SHIPPED_ROOT.glob("*/*/weights.safetensors"))) <= 2
+    # the tree ships the serving default, one earlier version users may pin, and at most one
+    # candidate under evaluation (14 MB each); older ones live in git history
+    assert len(list(SHIPPED_ROOT.glob("*/*/weights.safetensors"))) <= 3
 
 
 @pytest.mark.parametrize(

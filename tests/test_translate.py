@@ -13,7 +13,9 @@ from midiffusion.pipeline.translate import TranslationCancelled, TranslationInpu
 @pytest.fixture(scope="module")
 def translator(tiny_model_store) -> Translator:
     v = tiny_model_store.verified("tiny")
-    return Translator.load(v.card, v.weights_path)
+    # float32: the exact-equality checks below do not hold under bf16 autocast, whose rounding
+    # depends on the batch (tests/test_precision.py covers bf16)
+    return Translator.load(v.card, v.weights_path, precision="fp32")
 
 
 def _head(shape=(40, 48, 12)) -> np.ndarray:
@@ -220,6 +222,5 @@ def test_a_preset_replaces_the_card_defaults_it_names_and_explicit_options_win(t
     t.translate_slices(src, preset="fast", steps=3, progress=lambda d, total: seen.append(total))
     assert seen[-1] == 3
     assert np.array_equal(t.translate_slices(src, preset="default"), t.translate_slices(src))
-    plain = Translator.load(card, v.weights_path, precision="fp32")
-    with pytest.raises(ValueError, match="not offered by this model; offered: default"):
-        plain.translate_slices(src, preset="fast")
+    with pytest.raises(ValueError, match="not offered by this model; offered: default, fast"):
+        t.translate_slices(src, preset="turbo")

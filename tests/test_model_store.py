@@ -97,6 +97,32 @@ def test_publish_command_records_the_sampling_it_is_given(tiny_training_set, tmp
     assert stored["sampling"]["anchor_mean"] is None  # every setting recorded, none implied
 
 
+def test_publish_can_carry_another_cards_sampling_and_presets(
+    tiny_model_store, tiny_training_set, tmp_path
+):
+    import shutil
+
+    from midiffusion.cli.main import main
+    from midiffusion.training.config import TrainConfig
+    from midiffusion.training.data import load_training_slices
+    from midiffusion.training.trainer import Trainer
+
+    shutil.copytree(tiny_model_store.root, tmp_path / "store")
+    data, manifest = load_training_slices(tiny_training_set, 32)
+    Trainer(TrainConfig.load("tiny"), data, tmp_path / "run", manifest).fit(1, progress=False)
+    base = ["models", "--store", str(tmp_path / "store"), "publish", str(tmp_path / "run")]
+    base += ["--name", "tiny", "--target-modality", "T1w", "--sampling-from", "tiny:1"]
+    assert main([*base, "--steps", "6"]) == 0
+    source = ModelStore(tmp_path / "store").card("tiny", 1).sampling
+    carried = ModelStore(tmp_path / "store").card("tiny", 2).sampling
+    assert carried.steps == 6  # a flag overrides the carried value
+    assert (carried.sampler, carried.guidance) == (source.sampler, source.guidance)
+    assert carried.presets["fast"].steps == source.presets["fast"].steps == 2
+    assert carried.presets["fast"].note == "carried from tiny v1: half the steps"
+    assert main([*base[:-1], "tiny:9"]) == 1  # an unknown card is refused, nothing published
+    assert [c.version for c in ModelStore(tmp_path / "store").list()] == [1, 2]
+
+
 def test_the_default_is_an_explicit_alias_not_the_highest_version(tiny_model_store, tmp_path):
     store = ModelStore(tmp_path / "s")
     v = tiny_model_store.verified("tiny")

@@ -67,23 +67,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--target-modality", required=True, help="what the model translates to, e.g. T1w"
     )
     pub.add_argument(
-        "--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLING.sampler, help="card's sampler"
+        "--sampling-from",
+        metavar="NAME:VERSION",
+        help="start from this stored card's sampling (sampler, steps, guidance, samples, "
+        "antithetic, presets); the flags below override it, the anchors are always the run's",
     )
-    pub.add_argument(
-        "--steps", type=int, default=DEFAULT_SAMPLING.steps, help="card's sampling steps"
-    )
-    pub.add_argument(
-        "--guidance", type=float, default=DEFAULT_SAMPLING.guidance, help="card's LMI guidance"
-    )
-    pub.add_argument(
-        "--samples",
-        type=int,
-        default=DEFAULT_SAMPLING.samples,
-        help="translations averaged per slice",
-    )
+    pub.add_argument("--sampler", choices=SAMPLER_NAMES, help="card's sampler")
+    pub.add_argument("--steps", type=int, help="card's sampling steps")
+    pub.add_argument("--guidance", type=float, help="card's LMI guidance")
+    pub.add_argument("--samples", type=int, help="translations averaged per slice")
     pub.add_argument(
         "--antithetic",
         action="store_true",
+        default=None,
         help="pair the averaged draws on opposite noises (samplers.noise_source)",
     )
     pub.add_argument(
@@ -137,10 +133,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"imported {card.name} v{card.version} ({card.sha256[:12]}..., verified)")
         elif args.action == "default":
             if args.ref:
-                name, _, version = args.ref.partition(":")
-                if not version.isdigit():
-                    raise ValueError(f"{args.ref!r}: give NAME:VERSION, e.g. t1w:10")
-                store.set_default(name, int(version))
+                store.set_default(*_parse_ref(args.ref))
             name, version = store.default_ref()
             card = store.card(name, version)
             print(f"default: {card.name} v{card.version}")
@@ -156,13 +149,7 @@ def run(args: argparse.Namespace) -> int:
                     out_weights=weights,
                     data_licences=args.licence,
                     notes=args.notes,
-                    sampling={
-                        "sampler": args.sampler,
-                        "steps": args.steps,
-                        "guidance": args.guidance,
-                        "samples": args.samples,
-                        "antithetic": args.antithetic,
-                    },
+                    sampling=_publish_sampling(store, args),
                     anchor=not args.no_anchor,
                 )
                 metrics = json.loads(args.metrics.read_text()) if args.metrics else None
@@ -176,6 +163,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}")
         return 1
     return 0
+
+
+def _parse_ref(ref: str) -> tuple[str, int]:
+    name, _, version = ref.partition(":")
+    if not version.isdigit():
+        raise ValueError(f"{ref!r}: give NAME:VERSION, e.g. t1w:10")
+    return name, int(version)
+
+
+# what `publish --sampling-from` carries over; the anchors belong to the run's training data
+_CARRIED = ("sampler", "steps", "guidance", "samples", "antithetic", "presets")
+
+
+def _publish_sampling(store: ModelStore, args: argparse.Namespace) -> dict:
+    """The new card's sampling: the project's defaults, or those of ``--sampling-from``, with
+    every flag given on the command line applied over them."""
+    sampling = DEFAULT_SAMPLING.model_dump(include=set(_CARRIED))
+    if args.sampling_from:
+        source = store.card(*_parse_ref(args.sampling_from))
+        sampling = source.sampling.model_dump(include=set(_CARRIED))
+        # a preset's note states what it traded when measured, and with which model
+        for preset in sampling["presets"].values():
+            preset["note"] = f"carried from {source.name} v{source.version}: {preset['note']}"
+    given = {k: getattr(args, k) for k in _CARRIED if getattr(args, k, None) is not None}
+    return {**sampling, **given}
 
 
 def _samples(store: ModelStore, args: argparse.Namespace) -> None:

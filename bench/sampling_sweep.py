@@ -1,9 +1,10 @@
 """Sampling settings on the tuning data only: SSIM and PSNR to the truth for each setting.
 
-    python bench/sampling_sweep.py --configs euler-a:16:4,euler-a:8:2 [--seeds 0 1 2]
-                                   [--slices 8] [--brains]
+    python bench/sampling_sweep.py --configs euler-a:16:4,euler-a:4:2:2:3 [--seeds 0 1 2]
+                                   [--slices 8] [--brains] [--version N]
 
-A config is ``sampler:steps:samples`` (draws in antithetic pairs, as the card's). The data is
+A config is ``sampler:steps:samples[:guidance[:sigma_min]]`` (draws in antithetic pairs, as the
+card's; guidance applied at noise levels sigma >= sigma_min, default 1 and 0). The data is
 ``head-tune`` (Colin27's whole head, a training subject; never reported), or with ``--brains``
 its brain: each source and the T1 masked with the set's brain mask, cut to the brain's field of
 view (larger side + 10 %, as the data recipe does) and rescaled to its 99.5th percentile, so the
@@ -71,20 +72,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--slices", type=int, default=8, help="slices per direction")
     parser.add_argument("--brains", action="store_true", help="the brain of head-tune")
+    parser.add_argument("--version", type=int, help="t1w version (default: the serving one)")
     args = parser.parse_args()
 
-    v = ModelStore().verified("t1w")
+    v = ModelStore().verified("t1w", args.version)
     t = Translator.load(v.card, v.weights_path, "cpu")
     cases = (brain_cases if args.brains else head_cases)(t.grid, args.slices)
     print(f"model t1w v{v.card.version}; {len(cases)} directions x {args.slices} slices")
     for config in args.configs.split(","):
-        sampler, steps, samples = config.split(":")
+        sampler, steps, samples, *window = config.split(":")
+        guidance, sigma_min = (float(w) for w in [*window, 1, 0][:2])
         for seed in args.seeds:
             started = time.perf_counter()
             cells = []
             for name, source, truth, mask, pixel_mm2 in cases:
                 raw = t.translate_slices(
-                    source, sampler=sampler, steps=int(steps), samples=int(samples), seed=seed
+                    source,
+                    sampler=sampler,
+                    steps=int(steps),
+                    samples=int(samples),
+                    guidance=guidance,
+                    guidance_sigma_min=sigma_min,
+                    seed=seed,
                 )
                 out = t.anchor(raw * mask, mask, pixel_mm2)
                 s = np.mean([ssim(o, g, m) for o, g, m in zip(out, truth, mask, strict=True)])

@@ -100,6 +100,8 @@ class SamplingPreset(_Section):
 
     sampler: SamplerName | None = None
     steps: int | None = Field(default=None, ge=1)
+    guidance: float | None = Field(default=None, ge=0)
+    guidance_sigma_min: float | None = Field(default=None, ge=0)
     samples: int | None = Field(default=None, ge=1)
     antithetic: bool | None = None
     note: str = ""  # what it trades, as measured
@@ -109,6 +111,8 @@ class SamplingSection(_Section):
     """How the model samples where the caller leaves a setting out. These defaults are the
     project's only ones (``models publish`` writes them unless told otherwise).
 
+    ``guidance_sigma_min``: guidance other than 1 applies only at noise levels sigma >= this;
+    below it each step is one plain conditional pass (``midiffusion/diffusion/denoiser.py``).
     ``antithetic``: averaged draws pair up on opposite noises
     (``midiffusion/diffusion/samplers.noise_source``). ``anchor_mean`` / ``anchor_mean_head``:
     the training brains' / whole heads' mean foreground intensity, which whole translated
@@ -119,6 +123,7 @@ class SamplingSection(_Section):
     sampler: SamplerName = "ddim"
     steps: int = Field(default=20, ge=1)
     guidance: float = Field(default=1.0, ge=0)
+    guidance_sigma_min: float = Field(default=0.0, ge=0)
     samples: int = Field(default=1, ge=1)
     antithetic: bool = False
     anchor_mean: float | None = Field(default=None, gt=0, lt=1)

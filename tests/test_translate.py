@@ -216,3 +216,29 @@ def test_a_preset_replaces_the_card_defaults_it_names_and_explicit_options_win(t
     assert np.array_equal(t.translate_slices(src, preset="default"), t.translate_slices(src))
     with pytest.raises(ValueError, match="not offered by this model; offered: default, fast"):
         t.translate_slices(src, preset="turbo")
+
+
+def test_guidance_applies_only_at_noise_levels_from_its_window_on(tiny_model_store):
+    from model_store import SamplingSection
+
+    v = tiny_model_store.verified("tiny")
+    t = Translator.load(v.card, v.weights_path, precision="fp32")
+    src = np.stack([_head((32, 32, 1))[:, :, 0] / 100.0] * 2).astype(np.float32)
+    batches: list[int] = []
+    t.net.register_forward_pre_hook(lambda _m, inputs: batches.append(inputs[0].shape[0]))
+    sigmas = t.schedule.sampling_sigmas(3).tolist()  # three levels, then 0
+    run = dict(steps=3, seed=4, sampler="euler-a", guidance=2.0)
+
+    plain = t.translate_slices(src, **{**run, "guidance": 1.0})
+    batches.clear()
+    everywhere = t.translate_slices(src, **run, guidance_sigma_min=0.0)
+    assert batches == [4, 4, 4]  # conditional and unconditional in one batch at every step
+    batches.clear()
+    window = t.translate_slices(src, **run, guidance_sigma_min=(sigmas[1] + sigmas[2]) / 2)
+    assert batches == [4, 4, 2]  # the last level is below the window: one plain pass
+    nowhere = t.translate_slices(src, **run, guidance_sigma_min=sigmas[0] * 2)
+    assert np.array_equal(nowhere, plain)
+    assert np.abs(window - everywhere).max() > 1e-3 and np.abs(window - plain).max() > 1e-3
+
+    card = SamplingSection(guidance=2.0, guidance_sigma_min=3.0, presets={"fast": {"guidance": 1}})
+    assert card.preset("fast").guidance == 1.0 and card.preset(None).guidance_sigma_min == 3.0

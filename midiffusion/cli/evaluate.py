@@ -85,6 +85,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="pair the averaged draws on opposite noises (default: the model card's)",
     )
     parser.add_argument("--sdedit-t0", type=int, default=d.sdedit_t0, help="SDEdit start timestep")
+    parser.add_argument(
+        "--sdedit-steps",
+        type=int,
+        default=d.sdedit_steps,
+        help="SDEdit follows the levels of a chain of this many steps below t0",
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed of every method")
     parser.add_argument(
         "--more-seeds",
@@ -123,6 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         samples=args.samples,
         antithetic=None if args.antithetic is None else args.antithetic == "on",
         sdedit_t0=args.sdedit_t0,
+        sdedit_steps=args.sdedit_steps,
         seed=args.seed,
         more_seeds=list(args.more_seeds),
         batch_size=args.batch_size,

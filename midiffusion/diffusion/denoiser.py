@@ -5,6 +5,10 @@ guidance), reuses the cached self-LMI of the source, and optionally applies clas
 guidance on the condition: ``eps = eps_uncond + w * (eps_cond - eps_uncond)`` (not in the paper;
 the network is trained with condition dropout, see ``midiffusion.model.unet``). ``guidance = 1``
 is the plain conditional model, ``guidance = 0`` ignores the source (the unconditional prior).
+``guidance_sigma_min`` limits guidance to the noise levels at or above it; below, the step is one
+plain conditional pass. Guidance sharpens what the condition says while the image takes shape;
+on the last, low-noise steps it mostly exaggerates contrast (measured on the tuning data: brain
+PSNR falls when the final step is guided, and rises back when it is not; the model card).
 
 ``clip``: clamp the denoised estimate to the data range, as DDPM's ``clip_denoised``. Early in
 sampling an epsilon error of d becomes an x0 error of sigma * d (sigma up to 157), and without
@@ -35,8 +39,10 @@ class LMIGuidedDenoiser:
         guidance: float = 1.0,
         clip: bool = True,
         precision: str = "fp32",
+        guidance_sigma_min: float = 0.0,
     ) -> None:
         self.net, self.schedule, self.spec, self.guidance = net, schedule, spec, float(guidance)
+        self.guidance_sigma_min = float(guidance_sigma_min)
         self.clip, self.precision = clip, precision
         self.source01 = source01
         self.self_map = spec.self_map(source01) if source01 is not None else None
@@ -49,7 +55,8 @@ class LMIGuidedDenoiser:
             zeros = x_ve.new_zeros(b, 2, *x_ve.shape[2:])
             return self._net(x_vp, t, zeros, torch.zeros(b, dtype=torch.bool, device=x_ve.device))
         cond = self.spec.condition(self.source01, x_ve, sigma, self.self_map)
-        if self.guidance == 1:
+        # every item of a sampler's batch is at the same noise level
+        if self.guidance == 1 or float(sigma.reshape(-1)[0]) < self.guidance_sigma_min:
             return self._net(x_vp, t, cond)
         # one batched call for the conditional and unconditional predictions
         mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])

@@ -150,7 +150,7 @@ def _sdedit(ctx: MethodContext, d: Direction) -> Rows:
                 ctx.translator,
                 d.to_model_grid(d.source),
                 t0=s.sdedit_t0,
-                steps=s.steps,
+                steps=s.sdedit_steps,
                 sampler=s.sampler,
                 progress=bar,
                 **_common(s),

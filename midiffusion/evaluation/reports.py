@@ -63,6 +63,8 @@ def _model_line(results: EvaluationResults) -> str:
     sampling = SamplingSection.model_validate(m.sampling).preset(s.preset).model_dump()
     preset = f"preset {s.preset}: " if s.preset not in (None, DEFAULT_PRESET) else ""
     guidance = s.guidance if s.guidance is not None else sampling["guidance"]
+    if guidance != 1 and sampling["guidance_sigma_min"] > 0:
+        guidance = f"{guidance} at sigma >= {sampling['guidance_sigma_min']}"
     samples = s.samples or sampling["samples"]
     antithetic = sampling["antithetic"] if s.antithetic is None else s.antithetic
     pairs = " in antithetic pairs" if antithetic and samples > 1 else ""
@@ -72,7 +74,7 @@ def _model_line(results: EvaluationResults) -> str:
         f"{s.sampler or sampling['sampler']}, "
         f"{s.steps or sampling['steps']} steps, guidance {guidance}, "
         f"mean of {samples} sample{'s' if samples > 1 else ''}{pairs}; "
-        f"SDEdit t0 = {s.sdedit_t0}"
+        f"SDEdit t0 = {s.sdedit_t0} on the levels of a {s.sdedit_steps}-step chain"
     )
 
 

@@ -69,6 +69,9 @@ class EvalSettings:
     samples: int | None = None  # default: the model card's
     antithetic: bool | None = None  # default: the model card's
     sdedit_t0: int = 500
+    # SDEdit's step sizes: those of an 8-step chain whatever the card samples with, so that a
+    # card with fewer steps does not weaken the baseline (it takes the 4 levels below t0 = 500)
+    sdedit_steps: int = 8
     seed: int = 0
     more_seeds: list[int] = field(default_factory=list)  # stochastic methods again, no FID
     batch_size: int | None = None

@@ -335,7 +335,9 @@ class Translator:
         net.load_state_dict(state, strict=True)
         return cls(net, card, device, precision)
 
-    def denoiser(self, source01: torch.Tensor | None, guidance: float) -> LMIGuidedDenoiser:
+    def denoiser(
+        self, source01: torch.Tensor | None, guidance: float, guidance_sigma_min: float = 0.0
+    ) -> LMIGuidedDenoiser:
         """The model's denoiser for these sources (None: unconditional)."""
         return LMIGuidedDenoiser(
             self.net,
@@ -345,6 +347,7 @@ class Translator:
             guidance,
             clip=self.clip_denoised,
             precision=self.precision,
+            guidance_sigma_min=guidance_sigma_min,
         )
 
     # --- grid slices (used by translate() and by the evaluation) ------------------------------
@@ -358,6 +361,7 @@ class Translator:
         seed: int = 0,
         sampler: str | None = None,
         guidance: float | None = None,
+        guidance_sigma_min: float | None = None,
         samples: int | None = None,
         antithetic: bool | None = None,
         batch_size: int | None = None,
@@ -384,6 +388,8 @@ class Translator:
         steps = int(steps or defaults.steps)
         sample = get_sampler(sampler or defaults.sampler)
         guidance = float(defaults.guidance if guidance is None else guidance)
+        if guidance_sigma_min is None:
+            guidance_sigma_min = defaults.guidance_sigma_min
         samples = int(samples or defaults.samples)
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
@@ -412,7 +418,7 @@ class Translator:
         step_started = 0.0  # set as each sampling run starts
         for idx, k in batches:
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
-            denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance)
+            denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance, guidance_sigma_min)
 
             def callback(_i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor) -> None:
                 nonlocal done, step_started

@@ -113,14 +113,27 @@ def test_publish_can_carry_another_cards_sampling_and_presets(
     base = ["models", "--store", str(tmp_path / "store"), "publish", str(tmp_path / "run")]
     base += ["--name", "tiny", "--target-modality", "T1w", "--sampling-from", "tiny:1"]
     assert main([*base, "--steps", "6"]) == 0
-    source = ModelStore(tmp_path / "store").card("tiny", 1).sampling
-    carried = ModelStore(tmp_path / "store").card("tiny", 2).sampling
+    store = ModelStore(tmp_path / "store")
+    source, carried = store.card("tiny", 1).sampling, store.card("tiny", 2).sampling
     assert carried.steps == 6  # a flag overrides the carried value
     assert (carried.sampler, carried.guidance) == (source.sampler, source.guidance)
     assert carried.presets["fast"].steps == source.presets["fast"].steps == 2
     assert carried.presets["fast"].note == "carried from tiny v1: half the steps"
-    assert main([*base[:-1], "tiny:9"]) == 1  # an unknown card is refused, nothing published
-    assert [c.version for c in ModelStore(tmp_path / "store").list()] == [1, 2]
+
+    fast = '{"steps": 1, "guidance": 1.0, "note": "one step"}'
+    guided = ["--guidance", "2", "--guidance-sigma-min", "3", "--preset", f"fast={fast}"]
+    assert main([*base, *guided]) == 0
+    third = store.card("tiny", 3).sampling
+    assert (third.guidance, third.guidance_sigma_min, third.steps) == (2.0, 3.0, source.steps)
+    assert third.preset("fast").model_dump(include={"steps", "guidance"}) == {
+        "steps": 1,
+        "guidance": 1.0,
+    }
+    # refused, and nothing published: an unknown card, a preset that is not JSON, an unknown one
+    assert main([*base[:-1], "tiny:9"]) == 1
+    assert main([*base, "--preset", "fast={steps: 1}"]) == 1
+    assert main([*base, "--preset", 'turbo={"steps": 1}']) == 1
+    assert [c.version for c in store.list()] == [1, 2, 3]
 
 
 def test_the_default_is_an_explicit_alias_not_the_highest_version(tiny_model_store, tmp_path):

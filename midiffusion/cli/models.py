@@ -69,18 +69,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pub.add_argument(
         "--sampling-from",
         metavar="NAME:VERSION",
-        help="start from this stored card's sampling (sampler, steps, guidance, samples, "
-        "antithetic, presets); the flags below override it, the anchors are always the run's",
+        help="start from this stored card's sampling (sampler, steps, guidance and its window, "
+        "samples, antithetic, presets); the flags below override it, the anchors are always "
+        "the run's",
     )
     pub.add_argument("--sampler", choices=SAMPLER_NAMES, help="card's sampler")
     pub.add_argument("--steps", type=int, help="card's sampling steps")
     pub.add_argument("--guidance", type=float, help="card's LMI guidance")
+    pub.add_argument(
+        "--guidance-sigma-min",
+        type=float,
+        help="guidance applies at noise levels sigma >= this only (default 0: every step)",
+    )
     pub.add_argument("--samples", type=int, help="translations averaged per slice")
     pub.add_argument(
         "--antithetic",
         action="store_true",
         default=None,
         help="pair the averaged draws on opposite noises (samplers.noise_source)",
+    )
+    pub.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='set or replace one preset, e.g. fast=\'{"steps": 4, "note": "..."}\' (repeatable)',
     )
     pub.add_argument(
         "--no-anchor",
@@ -173,7 +186,15 @@ def _parse_ref(ref: str) -> tuple[str, int]:
 
 
 # what `publish --sampling-from` carries over; the anchors belong to the run's training data
-_CARRIED = ("sampler", "steps", "guidance", "samples", "antithetic", "presets")
+_CARRIED = (
+    "sampler",
+    "steps",
+    "guidance",
+    "guidance_sigma_min",
+    "samples",
+    "antithetic",
+    "presets",
+)
 
 
 def _publish_sampling(store: ModelStore, args: argparse.Namespace) -> dict:
@@ -187,7 +208,16 @@ def _publish_sampling(store: ModelStore, args: argparse.Namespace) -> dict:
         for preset in sampling["presets"].values():
             preset["note"] = f"carried from {source.name} v{source.version}: {preset['note']}"
     given = {k: getattr(args, k) for k in _CARRIED if getattr(args, k, None) is not None}
-    return {**sampling, **given}
+    sampling = {**sampling, **given}
+    for item in args.preset:
+        name, sep, text = item.partition("=")
+        try:
+            sampling["presets"][name] = json.loads(text) if sep else None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--preset {item!r}: give NAME=JSON ({exc})") from None
+        if not isinstance(sampling["presets"][name], dict):
+            raise ValueError(f"--preset {item!r}: give NAME=JSON, a JSON object")
+    return sampling
 
 
 def _samples(store: ModelStore, args: argparse.Namespace) -> None:

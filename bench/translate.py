@@ -123,7 +123,11 @@ def convolution_unit() -> float:
 def preset_line(t: Translator, preset: str) -> str:
     s = t.sampling.preset(preset)
     pairs = " in antithetic pairs" if s.antithetic and s.samples > 1 else ""
-    return f"{s.sampler}, {s.steps} steps, mean of {s.samples} sample(s){pairs}"
+    window = f" at sigma >= {s.guidance_sigma_min}" if s.guidance_sigma_min > 0 else ""
+    return (
+        f"{s.sampler}, {s.steps} steps, guidance {s.guidance}{window}, "
+        f"mean of {s.samples} sample(s){pairs}"
+    )
 
 
 def time_preset(t: Translator, src: np.ndarray, preset: str, unit: float) -> None:

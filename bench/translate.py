@@ -123,9 +123,8 @@ def convolution_unit() -> float:
 def preset_line(t: Translator, preset: str) -> str:
     s = t.sampling.preset(preset)
     pairs = " in antithetic pairs" if s.antithetic and s.samples > 1 else ""
-    window = f" at sigma >= {s.guidance_sigma_min}" if s.guidance_sigma_min > 0 else ""
     return (
-        f"{s.sampler}, {s.steps} steps, guidance {s.guidance}{window}, "
+        f"{s.sampler}, {s.steps} steps, guidance {s.guidance_text()}, "
         f"mean of {s.samples} sample(s){pairs}"
     )
 

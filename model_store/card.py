@@ -130,6 +130,14 @@ class SamplingSection(_Section):
     anchor_mean_head: float | None = Field(default=None, gt=0, lt=1)
     presets: dict[PresetName, SamplingPreset] = Field(default_factory=dict)
 
+    def guidance_text(self, guidance: float | None = None) -> str:
+        """The guidance as reports print it: ``2.0 at sigma >= 3.0``, or ``1.0``; ``guidance``
+        overrides this section's weight, the window stays this section's."""
+        weight = self.guidance if guidance is None else guidance
+        if weight != 1 and self.guidance_sigma_min > 0:
+            return f"{weight} at sigma >= {self.guidance_sigma_min}"
+        return f"{weight}"
+
     @property
     def offered_presets(self) -> tuple[str, ...]:
         """``default`` and the names of the presets this card offers."""

@@ -60,11 +60,10 @@ def _model_line(results: EvaluationResults) -> str:
     s, m = results.settings, results.model
     if m is None:
         return "No model run (baselines only)"
-    sampling = SamplingSection.model_validate(m.sampling).preset(s.preset).model_dump()
+    section = SamplingSection.model_validate(m.sampling).preset(s.preset)
+    sampling = section.model_dump()
     preset = f"preset {s.preset}: " if s.preset not in (None, DEFAULT_PRESET) else ""
-    guidance = s.guidance if s.guidance is not None else sampling["guidance"]
-    if guidance != 1 and sampling["guidance_sigma_min"] > 0:
-        guidance = f"{guidance} at sigma >= {sampling['guidance_sigma_min']}"
+    guidance = section.guidance_text(s.guidance)
     samples = s.samples or sampling["samples"]
     antithetic = sampling["antithetic"] if s.antithetic is None else s.antithetic
     pairs = " in antithetic pairs" if antithetic and samples > 1 else ""

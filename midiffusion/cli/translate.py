@@ -28,7 +28,6 @@ import numpy as np
 
 from midiffusion.io.imaging import NIFTI_SUFFIXES, ImageFormatError
 from midiffusion.pipeline.devices import DEVICE_HELP, resolve_device
-from midiffusion.pipeline.intensity import MIN_ANCHOR_SLICES
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
 from model_store.card import DEFAULT_PRESET, FAITHFUL_SAMPLING, PRESET_NAMES, SAMPLER_NAMES
 
@@ -36,7 +35,7 @@ PNG_SUFFIX = ".png"
 # A PNG is a slice as a viewer shows it: anterior at the top, the patient's right on the right.
 # Rows run posterior-ward, columns right-ward (1 mm pixels); the output PNG keeps that layout.
 PNG_AFFINE = np.array([[0.0, 1, 0, 0], [-1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-ANCHOR_CHOICES = {"auto": None, "on": True, "off": False}
+ANCHOR_CHOICES = {"auto": True, "on": True, "off": False}  # auto: where the card has one
 
 
 class TranslateCLIError(ValueError):
@@ -83,8 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--anchor",
         choices=tuple(ANCHOR_CHOICES),
         default="auto",
-        help="shift the volume's mean intensity to the model's training data (the card's "
-        f"anchor_mean); auto: for volumes of at least {MIN_ANCHOR_SLICES} slices",
+        help="shift the foreground's mean intensity to the model's training data (the card's "
+        "anchor_mean), slices and volumes alike; auto: where the card has an anchor, on: "
+        "refuse a card without one",
     )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(

@@ -8,9 +8,12 @@ inside the brain was 0.77, 0.82 and 0.87 at seeds 0, 1 and 2 (truth 0.75), and P
 inform is its prior mean, so the anchor shifts the volume's foreground until its mean equals the
 mean foreground intensity of the model's training slices (recorded in the card at publishing).
 
-The anchor is a property of whole brains: the mean of a single slice varies with its level (the
-training slices' means spread with a standard deviation of 0.07), so a slab or a single slice is
-left as sampled unless the caller asks otherwise.
+The mean of a single slice varies with its level (the training slices' means spread with a
+standard deviation of 0.07), so a shift to the volume-wide anchor is a rough estimate for a slice
+or a slab. It is still a much better one than the sampled level: translated one by one as 2D
+inputs, 8 slices per direction of the tuning head (head-tune, t1w v12, seed 0) gained 1.3-2.1 dB
+PSNR with the anchor, and SSIM (inside the head) rose from 0.417 to 0.462 (PDw) and from 0.462 to
+0.483 (FLAIR) with T2w level at 0.501. So every input is anchored unless the caller says not to.
 
 A whole head's mean (scalp, fat and skull in the foreground) is not a brain's, so a card holds
 one anchor per kind (``anchor_mean`` for skull-stripped brains, ``anchor_mean_head`` for heads)
@@ -27,9 +30,6 @@ import numpy as np
 if TYPE_CHECKING:
     from model_store.card import SamplingSection
 
-# whole-volume anchoring applies by default from this many foreground slices on (a brain on the
-# model's 128 grid spans about 100 axial slices at 1-1.5 mm)
-MIN_ANCHOR_SLICES = 24
 # a foreground whose largest axial section exceeds this is a whole head, not a stripped brain
 HEAD_AREA_CM2 = 220.0
 

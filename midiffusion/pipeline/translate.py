@@ -40,7 +40,6 @@ from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.io.imaging import output_like
 from midiffusion.model.unet import UNet, UNetConfig
 from midiffusion.pipeline.intensity import (
-    MIN_ANCHOR_SLICES,
     anchor_for,
     anchor_mean,
     is_whole_head,
@@ -456,14 +455,14 @@ class Translator:
         self,
         image: nib.Nifti1Image,
         *,
-        anchor: bool | None = None,
+        anchor: bool = True,
         warn: Callable[[str], None] | None = None,
         **options: Any,
     ) -> nib.Nifti1Image:
         """Translate a NIfTI volume or slice; the output has the input's shape and geometry.
 
-        ``anchor``: shift the volume to the card's intensity anchor; None (default) does so for
-        volumes of at least ``MIN_ANCHOR_SLICES`` foreground slices, i.e. whole brains.
+        ``anchor``: shift the foreground to the card's intensity anchor (a no-op where the card
+        has none; ``midiffusion/pipeline/intensity.py`` says why slices are anchored too).
         ``warn`` receives one sentence per way the input lies outside what the model was
         trained on (:func:`input_warnings`), before sampling starts.
         ``options`` are those of :meth:`translate_slices` (preset, steps, seed, sampler,
@@ -475,7 +474,7 @@ class Translator:
         self,
         image: nib.Nifti1Image,
         *,
-        anchor: bool | None = None,
+        anchor: bool = True,
         warn: Callable[[str], None] | None = None,
         **options: Any,
     ) -> Translation:
@@ -519,7 +518,7 @@ class Translator:
     def _run_on_grid(
         self,
         image: nib.Nifti1Image,
-        anchor: bool | None,
+        anchor: bool,
         warn: Callable[[str], None] | None,
         options: dict[str, Any],
     ) -> _GridRun:
@@ -536,7 +535,7 @@ class Translator:
         sampling_started = time.perf_counter()
         if len(keep):
             result[keep] = self.translate_slices(src[keep], **options)
-            if anchor or (anchor is None and len(keep) >= MIN_ANCHOR_SLICES):
+            if anchor:
                 result[keep] = self.anchor(result[keep], msk[keep], plan.pixel_mm2)
         sample_seconds = time.perf_counter() - sampling_started
         result *= msk

@@ -290,3 +290,17 @@ def test_a_finer_set_is_translated_at_the_model_grid_and_scored_at_its_own(
     # scored at the fine grid: the output is the model-grid translation, brought back up
     at_model = ctx.translator.translate_slices(fine.to_model_grid(fine.source), steps=2, seed=0)
     np.testing.assert_allclose(out, fine.from_model_grid(at_model) * fine.mask, atol=1e-6)
+
+
+def test_single_slices_are_translated_alone_and_scored(tiny_model_store, data_root, tmp_path):
+    args = ["evaluate", "--store", str(tiny_model_store.root), "--data-dir", str(data_root)]
+    args += ["-m", "tiny", "--single-slices", "--slices", "2", "--steps", "2", "--quiet"]
+    assert (
+        main([*args, "--protocol", "head-synth", "--more-seeds", "1", "--out", str(tmp_path)]) == 0
+    )
+    rows = [r for r in (tmp_path / "single-slices.md").read_text().splitlines() if "->T1 |" in r]
+    assert len(rows) == 6  # three directions at two seeds
+    assert {r.split("|")[2].strip() for r in rows} == {"0", "1"}
+    assert all(r.split("|")[3].strip() == "2" for r in rows)  # slices per direction
+    assert not (tmp_path / "results.json").exists()  # the benchmark itself did not run
+    assert main([*args, "--protocol", "ct-real", "--out", str(tmp_path / "ct")]) == 1  # no truth

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from midiffusion.evaluation.directions import DIRECTIONS, PROTOCOLS, EvaluationError
 from midiffusion.evaluation.methods import METHOD_GROUPS
@@ -17,6 +18,9 @@ from midiffusion.evaluation.runner import EvalSettings, evaluate
 from midiffusion.pipeline.devices import DEVICE_HELP
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
 from model_store.card import DEFAULT_PRESET, PRESET_NAMES, SAMPLER_NAMES
+
+if TYPE_CHECKING:
+    import model_store
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +114,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--figure-rows", type=int, default=d.figure_rows, help="slices shown per figure"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--single-slices",
+        action="store_true",
+        help="instead of the benchmark: translate each slice alone as a 2D input, with the "
+        "card's defaults, against the identity and the inversion (single-slices.md in --out)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
@@ -146,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore
 
     try:
+        if args.single_slices:
+            return run_single_slices(args, ModelStore(args.store))
         results = evaluate(
             settings_from_args(args),
             args.out,
@@ -167,4 +179,43 @@ def run(args: argparse.Namespace) -> int:
     print(f"results: {args.out / 'results.json'}, {args.out / 'results.md'}")
     for name in results.figures.values():
         print(f"figure: {args.out / name}")
+    return 0
+
+
+def run_single_slices(args: argparse.Namespace, store: model_store.ModelStore) -> int:
+    """``--single-slices``: each slice of the protocols' directions translated alone
+    (``midiffusion.evaluation.single_slices``), at ``--seed`` and ``--more-seeds``."""
+    import nibabel as nib
+    from tqdm import tqdm
+
+    from midiffusion.evaluation.directions import direction_names, load_directions
+    from midiffusion.evaluation.single_slices import markdown, score_direction
+    from midiffusion.pipeline.devices import resolve_device
+    from midiffusion.pipeline.translate import Translator
+
+    verified = store.verified(args.model or store.default_name(), args.version)
+    device = resolve_device(args.device)
+    translator = Translator.load(verified.card, verified.weights_path, device, args.precision)
+    names = direction_names(list(args.protocol), args.directions)
+    directions = [
+        d
+        for d in load_directions(names, args.slices, args.data_dir, translator.grid)
+        if d.truth is not None
+    ]
+    if not directions:
+        raise EvaluationError(f"no direction of {list(args.protocol)} has a truth to score")
+
+    def translate(image: nib.Nifti1Image, seed: int) -> nib.Nifti1Image:
+        return translator.translate(image, seed=seed, preset=args.preset, steps=args.steps)
+
+    scores = []
+    for seed in [args.seed, *args.more_seeds]:
+        for direction in tqdm(directions, desc=f"seed {seed}", disable=args.quiet):
+            scores.append(score_direction(direction, translate, seed))
+    model = f"{verified.card.name} v{verified.card.version}"
+    table = markdown(scores, model, ", ".join(args.protocol))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "single-slices.md").write_text(table)
+    print(table)
+    print(f"table: {args.out / 'single-slices.md'}")
     return 0

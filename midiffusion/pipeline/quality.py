@@ -35,6 +35,11 @@ class DrawSpread:
             count + len(draws),
         )
 
+    @property
+    def draws(self) -> int:
+        """How many draws every slice has had (0 before any)."""
+        return min((count for _, _, count in self._sums.values()), default=0)
+
     def std(self) -> np.ndarray:
         """(N, G, G) sample standard deviation (ddof 1) of every pixel, slices in order."""
         if not self._sums:

@@ -485,9 +485,9 @@ class Translator:
         started = time.perf_counter()
         spread = DrawSpread()
         run = self._run_on_grid(image, anchor, warn, {**options, "on_draws": spread.add})
-        samples = int(options.get("samples") or self.sampling.preset(options.get("preset")).samples)
+        samples = spread.draws
         spread_grid = np.zeros_like(run.result)
-        if len(run.keep) and samples > 1:
+        if samples > 1:
             spread_grid[run.keep] = spread.std()
         spread_grid *= run.msk
         kept = run.keep
@@ -568,6 +568,6 @@ class Translation:
     uncertainty: nib.Nifti1Image  # std between the averaged draws, input geometry (0: one draw)
     quality: dict[str, float | None]
     slices: int  # foreground slices translated
-    samples: int  # draws averaged per slice
+    samples: int  # draws averaged per slice (0: no slice had foreground)
     sample_seconds: float  # guided sampling (and the anchor)
     other_seconds: float  # reading, planning, quality figures, mapping back

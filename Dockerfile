@@ -7,6 +7,14 @@
 # Not built in this repository's CI: the development machine has no Docker engine.
 ARG PYTHON_IMAGE=python:3.11-slim
 
+# The project's packages (pyproject's packages.find), copied once for both images.
+FROM scratch AS source
+COPY midiffusion /src/midiffusion
+COPY model_store /src/model_store
+COPY jobs /src/jobs
+COPY service /src/service
+COPY worker /src/worker
+
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -24,11 +32,7 @@ FROM base AS api
 RUN python /usr/local/lib/midiff-requirements.py --without torch safetensors matplotlib \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
-COPY midiffusion ./midiffusion
-COPY model_store ./model_store
-COPY jobs ./jobs
-COPY service ./service
-COPY worker ./worker
+COPY --from=source /src ./
 RUN pip install --no-deps . && rm -rf /app/build
 USER midiff
 WORKDIR /home/midiff
@@ -49,11 +53,7 @@ RUN python /usr/local/lib/midiff-requirements.py > /tmp/requirements.txt \
        else \
            pip install -r /tmp/requirements.txt; \
        fi
-COPY midiffusion ./midiffusion
-COPY model_store ./model_store
-COPY jobs ./jobs
-COPY service ./service
-COPY worker ./worker
+COPY --from=source /src ./
 RUN pip install --no-deps . && rm -rf /app/build
 USER midiff
 WORKDIR /home/midiff

@@ -149,6 +149,12 @@ def test_the_dockerfile_builds_a_torch_free_api_and_a_worker_both_non_root() -> 
         assert "HEALTHCHECK" in stages[target], target
     assert f"--without {' '.join(WORKER_ONLY)}" in stages["api"]
     assert "ARG TORCH_INDEX_URL" in stages["worker"]
+    # both images install the same code: every package pyproject installs, from one stage
+    include = re.search(r"^include = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.M)
+    packages = {p.strip(' "*') for p in include.group(1).split(",")}
+    assert set(re.findall(r"^COPY (\w+) /src/\1$", stages["source"], re.M)) == packages
+    for target in ("api", "worker"):
+        assert "COPY --from=source /src ./" in stages[target], target
     api = subprocess.run(
         [sys.executable, "deploy/requirements.py", "--without", *WORKER_ONLY],
         cwd=REPO,

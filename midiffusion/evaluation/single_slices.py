@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
+from midiffusion.data.intensity import scale_to_unit
 from midiffusion.evaluation.directions import Direction
 from midiffusion.evaluation.metrics import psnr, ssim
 
@@ -51,9 +52,12 @@ class SliceScores:
 
 
 def rescaled(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``image`` over its own 99.5th percentile inside ``mask``, clipped to [0, 1], zero outside."""
-    scale = float(np.percentile(image[mask], NORM_PERCENTILE)) if mask.any() else 0.0
-    return np.where(mask, np.clip(image / scale, 0, 1), 0.0) if scale > 0 else np.zeros_like(image)
+    """``image`` over its own 99.5th percentile inside ``mask`` (the sets' ``scale_to_unit``);
+    an image that is black there (an empty translation) stays black and scores as such."""
+    try:
+        return scale_to_unit(image, mask, NORM_PERCENTILE)
+    except ValueError:
+        return np.zeros_like(image, np.float32)
 
 
 def score_direction(direction: Direction, translate: Translate, seed: int) -> SliceScores:
@@ -80,7 +84,7 @@ def markdown(scores: list[SliceScores], model: str, protocol: str) -> str:
     lines = [
         f"Single 2D slices of {protocol}, translated one by one by {model} "
         "(`midiffusion evaluate --single-slices`); SSIM and PSNR inside the mask, "
-        "each image rescaled by its own 99.5th percentile.",
+        f"each image rescaled by its own {NORM_PERCENTILE:g}th percentile.",
         "",
         "| direction | seed | slices | SSIM | identity SSIM | inversion SSIM | beats both? "
         "| PSNR dB | identity PSNR dB |",

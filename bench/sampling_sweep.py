@@ -3,9 +3,8 @@
     python bench/sampling_sweep.py --configs euler-a:16:4,euler-a:4:2:2:3 [--seeds 0 1 2]
                                    [--slices 8] [--brains] [--version N]
 
-A config is ``sampler:steps:samples[:guidance[:sigma_min[:shared]]]`` (draws in antithetic pairs,
-as the card's; guidance applied at noise levels sigma >= sigma_min; the first ``shared`` steps
-computed once for all draws; defaults 1, 0 and 0). The data is
+A config is ``sampler:steps:samples[:guidance[:sigma_min]]`` (draws in antithetic pairs, as the
+card's; guidance applied at noise levels sigma >= sigma_min, default 1 and 0). The data is
 ``head-tune`` (Colin27's whole head, a training subject; never reported), or with ``--brains``
 its brain: each source and the T1 masked with the set's brain mask, cut to the brain's field of
 view (larger side + 10 %, as the data recipe does) and rescaled to its 99.5th percentile, so the
@@ -69,11 +68,7 @@ def brain_cases(grid: int, slices: int) -> list[Case]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--configs",
-        required=True,
-        help="sampler:steps:samples[:guidance[:sigma_min[:shared]]], comma-separated",
-    )
+    parser.add_argument("--configs", required=True, help="sampler:steps:samples, comma-separated")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--slices", type=int, default=8, help="slices per direction")
     parser.add_argument("--brains", action="store_true", help="the brain of head-tune")
@@ -86,7 +81,7 @@ def main() -> None:
     print(f"model t1w v{v.card.version}; {len(cases)} directions x {args.slices} slices")
     for config in args.configs.split(","):
         sampler, steps, samples, *window = config.split(":")
-        guidance, sigma_min, shared = (float(w) for w in [*window, 1, 0, 0][:3])
+        guidance, sigma_min = (float(w) for w in [*window, 1, 0][:2])
         for seed in args.seeds:
             started = time.perf_counter()
             cells = []
@@ -98,7 +93,6 @@ def main() -> None:
                     samples=int(samples),
                     guidance=guidance,
                     guidance_sigma_min=sigma_min,
-                    shared_steps=int(shared),
                     seed=seed,
                 )
                 out = t.anchor(raw * mask, mask, pixel_mm2)

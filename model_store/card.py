@@ -104,7 +104,6 @@ class SamplingPreset(_Section):
     guidance_sigma_min: float | None = Field(default=None, ge=0)
     samples: int | None = Field(default=None, ge=1)
     antithetic: bool | None = None
-    shared_steps: int | None = Field(default=None, ge=0)
     note: str = ""  # what it trades, as measured
 
 
@@ -115,9 +114,7 @@ class SamplingSection(_Section):
     ``guidance_sigma_min``: guidance other than 1 applies only at noise levels sigma >= this;
     below it each step is one plain conditional pass (``midiffusion/diffusion/denoiser.py``).
     ``antithetic``: averaged draws pair up on opposite noises
-    (``midiffusion/diffusion/samplers.noise_source``). ``shared_steps``: the first this many
-    steps' estimates are computed once per slice and shared by every draw
-    (``midiffusion/diffusion/denoiser.SharedEarlySteps``). ``anchor_mean`` / ``anchor_mean_head``:
+    (``midiffusion/diffusion/samplers.noise_source``). ``anchor_mean`` / ``anchor_mean_head``:
     the training brains' / whole heads' mean foreground intensity, which whole translated
     volumes of that kind are shifted to (``midiffusion/pipeline/intensity.py``); None: off for
     that kind.
@@ -129,7 +126,6 @@ class SamplingSection(_Section):
     guidance_sigma_min: float = Field(default=0.0, ge=0)
     samples: int = Field(default=1, ge=1)
     antithetic: bool = False
-    shared_steps: int = Field(default=0, ge=0)
     anchor_mean: float | None = Field(default=None, gt=0, lt=1)
     anchor_mean_head: float | None = Field(default=None, gt=0, lt=1)
     presets: dict[PresetName, SamplingPreset] = Field(default_factory=dict)

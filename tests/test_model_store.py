@@ -122,10 +122,9 @@ def test_publish_can_carry_another_cards_sampling_and_presets(
 
     fast = '{"steps": 1, "guidance": 1.0, "note": "one step"}'
     guided = ["--guidance", "2", "--guidance-sigma-min", "3", "--preset", f"fast={fast}"]
-    assert main([*base, *guided, "--shared-steps", "2"]) == 0
+    assert main([*base, *guided]) == 0
     third = store.card("tiny", 3).sampling
     assert (third.guidance, third.guidance_sigma_min, third.steps) == (2.0, 3.0, source.steps)
-    assert (source.shared_steps, third.shared_steps) == (0, 2)
     assert third.preset("fast").model_dump(include={"steps", "guidance"}) == {
         "steps": 1,
         "guidance": 1.0,

@@ -128,37 +128,6 @@ def test_antithetic_pairs_change_only_the_second_draw_and_follow_the_card(tiny_m
     np.testing.assert_allclose(folded, apart, atol=1e-4)
 
 
-def test_shared_steps_run_once_for_every_draw_and_fold_like_the_rest(tiny_model_store):
-    v = tiny_model_store.verified("tiny")
-    fp32 = Translator.load(v.card, v.weights_path, precision="fp32")
-    head = _head((32, 32, 1))[:, :, 0] / 100.0
-    src = np.stack([head, head[::-1], head[:, ::-1]]).astype(np.float32)
-    run = dict(steps=4, seed=2, sampler="euler-a", samples=2, antithetic=True)
-    passes: list[int] = []
-    hook = fp32.net.register_forward_pre_hook(lambda _m, args: passes.append(args[0].shape[0]))
-    try:
-        separate = fp32.translate_slices(src, **run)
-        n_separate, passes[:] = sum(passes), []
-        draws: list[np.ndarray] = []
-        shared = fp32.translate_slices(
-            src, shared_steps=2, on_draws=lambda _first, d: draws.append(d), **run
-        )
-        n_shared = sum(passes)
-    finally:
-        hook.remove()
-    # 3 slices x 2 draws x 4 steps, against 2 shared steps once and 2 steps per draw
-    assert (n_separate, n_shared) == (24, 3 * 2 + 3 * 2 * 2)
-    assert np.abs(shared - separate).max() > 0.005  # sharing changes the result ...
-    assert np.abs(draws[0][0] - draws[0][1]).max() > 0.005  # ... and the draws still differ
-    # run one after the other (a batch of 1 slice) or folded into one batch: the same result
-    apart = fp32.translate_slices(src, shared_steps=2, batch_size=1, **run)
-    np.testing.assert_allclose(apart, shared, atol=1e-4)
-    # every step shared: each draw takes the first one's estimates, so the mean is that draw
-    single = fp32.translate_slices(src, **{**run, "samples": 1})
-    everything = fp32.translate_slices(src, shared_steps=4, **run)
-    np.testing.assert_allclose(everything, single, atol=1e-5)
-
-
 @pytest.mark.parametrize("sampler", ["euler-a", "ddpm"])
 def test_stochastic_samplers_give_identical_slices_identical_results(translator, sampler):
     # the step noise is one image shared by every slice and every batch: slice 0 and slice 2

@@ -70,8 +70,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sampling-from",
         metavar="NAME:VERSION",
         help="start from this stored card's sampling (sampler, steps, guidance and its window, "
-        "samples, antithetic, shared steps, presets); the flags below override it, the anchors "
-        "are always the run's",
+        "samples, antithetic, presets); the flags below override it, the anchors are always "
+        "the run's",
     )
     pub.add_argument("--sampler", choices=SAMPLER_NAMES, help="card's sampler")
     pub.add_argument("--steps", type=int, help="card's sampling steps")
@@ -87,11 +87,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="pair the averaged draws on opposite noises (samplers.noise_source)",
-    )
-    pub.add_argument(
-        "--shared-steps",
-        type=int,
-        help="the first this many steps are computed once per slice for all draws",
     )
     pub.add_argument(
         "--preset",
@@ -198,7 +193,6 @@ _CARRIED = (
     "guidance_sigma_min",
     "samples",
     "antithetic",
-    "shared_steps",
     "presets",
 )
 

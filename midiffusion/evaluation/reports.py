@@ -67,8 +67,6 @@ def _model_line(results: EvaluationResults) -> str:
     samples = s.samples or sampling["samples"]
     antithetic = sampling["antithetic"] if s.antithetic is None else s.antithetic
     pairs = " in antithetic pairs" if antithetic and samples > 1 else ""
-    if section.shared_steps and samples > 1:
-        pairs += f" sharing their first {section.shared_steps} step(s)"
     return (
         f"Model `{m.name}` v{m.version} ({m.training_iterations} training "
         f"iterations, {m.parameters:,} parameters); {preset}sampler "

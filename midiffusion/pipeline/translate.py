@@ -34,7 +34,7 @@ from midiffusion.data.masks import largest_component
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.t1_train import HEAD_SUFFIX
 from midiffusion.diffusion.conditioning import ConditioningSpec
-from midiffusion.diffusion.denoiser import LMIGuidedDenoiser, SharedEarlySteps
+from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.diffusion.samplers import get_sampler, noise_source, shared_noise_for_draws
 from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.io.imaging import output_like
@@ -363,7 +363,6 @@ class Translator:
         guidance_sigma_min: float | None = None,
         samples: int | None = None,
         antithetic: bool | None = None,
-        shared_steps: int | None = None,
         batch_size: int | None = None,
         progress: Progress | None = None,
         should_cancel: Callable[[], bool] | None = None,
@@ -378,9 +377,7 @@ class Translator:
         ``samples`` > 1 averages that many translations from different initial noises: an
         estimate of the posterior mean, which loses the sampler's invented fine texture (the
         part that cannot match the patient) and costs ``samples`` times the time. ``antithetic``
-        (default: the card's) pairs the draws on opposite noises (``samplers.noise_source``);
-        ``shared_steps`` (default: the card's) computes the first steps once for all draws
-        (``denoiser.SharedEarlySteps``).
+        (default: the card's) pairs the draws on opposite noises (``samplers.noise_source``).
         ``on_draws(first, draws)`` sees every draw before averaging: ``draws`` is (k, n, G, G),
         k draws of the n slices from index ``first`` (the spread between draws,
         ``midiffusion.pipeline.quality``). ``step_seconds`` receives the duration of every
@@ -397,7 +394,6 @@ class Translator:
             raise ValueError(f"samples must be at least 1, got {samples}")
         if antithetic is None:
             antithetic = defaults.antithetic
-        shared_steps = defaults.shared_steps if shared_steps is None else int(shared_steps)
         batch_size = int(batch_size or (32 if self.device.type == "cuda" else 8))
         sigmas = self.schedule.sampling_sigmas(steps).to(self.device, torch.float32)
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -422,9 +418,6 @@ class Translator:
         for idx, k in batches:
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
             denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance, guidance_sigma_min)
-            if shared_steps and samples > 1:
-                first = self.denoiser(src, guidance, guidance_sigma_min) if k > 1 else denoiser
-                denoiser = SharedEarlySteps(denoiser, first, sigmas, shared_steps, len(idx))
 
             def callback(_i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor) -> None:
                 nonlocal done, step_started

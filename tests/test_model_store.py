@@ -129,11 +129,17 @@ def test_publish_can_carry_another_cards_sampling_and_presets(
         "steps": 1,
         "guidance": 1.0,
     }
+    # carried on again, a note keeps naming the card it was measured with
+    assert main([*base[:-1], "tiny:2"]) == 0
+    assert (
+        store.card("tiny", 4).sampling.presets["fast"].note
+        == "carried from tiny v1: half the steps"
+    )
     # refused, and nothing published: an unknown card, a preset that is not JSON, an unknown one
     assert main([*base[:-1], "tiny:9"]) == 1
     assert main([*base, "--preset", "fast={steps: 1}"]) == 1
     assert main([*base, "--preset", 'turbo={"steps": 1}']) == 1
-    assert [c.version for c in store.list()] == [1, 2, 3]
+    assert [c.version for c in store.list()] == [1, 2, 3, 4]
 
 
 def test_the_default_is_an_explicit_alias_not_the_highest_version(tiny_model_store, tmp_path):

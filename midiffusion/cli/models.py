@@ -205,8 +205,10 @@ def _publish_sampling(store: ModelStore, args: argparse.Namespace) -> dict:
         source = store.card(*_parse_ref(args.sampling_from))
         sampling = source.sampling.model_dump(include=set(_CARRIED))
         # a preset's note states what it traded when measured, and with which model
+        # (once: a note carried on from an earlier card already names where it was measured)
         for preset in sampling["presets"].values():
-            preset["note"] = f"carried from {source.name} v{source.version}: {preset['note']}"
+            if not preset["note"].startswith("carried from "):
+                preset["note"] = f"carried from {source.name} v{source.version}: {preset['note']}"
     given = {k: getattr(args, k) for k in _CARRIED if getattr(args, k, None) is not None}
     sampling = {**sampling, **given}
     for item in args.preset:

@@ -195,6 +195,7 @@ _CARRIED = (
     "antithetic",
     "presets",
 )
+_CARRIED_NOTE = "carried from "
 
 
 def _publish_sampling(store: ModelStore, args: argparse.Namespace) -> dict:
@@ -204,11 +205,11 @@ def _publish_sampling(store: ModelStore, args: argparse.Namespace) -> dict:
     if args.sampling_from:
         source = store.card(*_parse_ref(args.sampling_from))
         sampling = source.sampling.model_dump(include=set(_CARRIED))
-        # a preset's note states what it traded when measured, and with which model
-        # (once: a note carried on from an earlier card already names where it was measured)
+        # a preset's note states what it traded when measured, and with which model (once: a
+        # note carried on from an earlier card already names the card it was measured with)
         for preset in sampling["presets"].values():
-            if not preset["note"].startswith("carried from "):
-                preset["note"] = f"carried from {source.name} v{source.version}: {preset['note']}"
+            if not preset["note"].startswith(_CARRIED_NOTE):
+                preset["note"] = f"{_CARRIED_NOTE}{source.name} v{source.version}: {preset['note']}"
     given = {k: getattr(args, k) for k in _CARRIED if getattr(args, k, None) is not None}
     sampling = {**sampling, **given}
     for item in args.preset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 from midiffusion.cli.main import main
 from midiffusion.diffusion.conditioning import ConditioningSpec
 from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
-from midiffusion.diffusion.schedules import DDPMSchedule
+from midiffusion.diffusion.schedules import DDPMSchedule, ve_to_vp
 from midiffusion.training.checkpoint import CHECKPOINT
 from midiffusion.training.config import TrainConfig
 from midiffusion.training.data import load_training_slices
@@ -195,3 +196,111 @@ def test_training_refuses_an_evaluation_set(tiny_training_set, tmp_path, capsys)
     assert len(load_training_slices(evaluation, 32)[0]) == len(
         load_training_slices(tiny_training_set, 32)[0]
     )
+
+
+def _distilling(guidance: float = 3.0, sigma_min: float = 2.0) -> TrainConfig:
+    tiny = TrainConfig.load("tiny")
+    return dataclasses.replace(
+        tiny, teacher="tiny:1", distill_guidance=guidance, distill_sigma_min=sigma_min
+    )
+
+
+def _teacher() -> torch.nn.Module:
+    """The stored tiny model, as ``midiffusion train`` loads a teacher (MIDIFF_MODEL_DIR set)."""
+    from midiffusion.cli.train import load_teacher
+
+    return load_teacher(_distilling())
+
+
+def test_guided_targets_follow_the_guidance_window_and_the_dropped_condition(
+    data, tiny_model_store, monkeypatch
+):
+    from midiffusion.training.distill import guided_targets
+
+    monkeypatch.setenv("MIDIFF_MODEL_DIR", str(tiny_model_store.root))
+    teacher = _teacher().eval()
+    spec = ConditioningSpec.from_dict(TrainConfig.load("tiny").conditioning)
+    schedule = DDPMSchedule()
+    y01 = torch.from_numpy(data[:4]).unsqueeze(1)
+    t = torch.tensor([900, 100, 900, 100])
+    sigma = schedule.sigmas[t].float()
+    x_ve = spec.to_model(y01) + sigma.view(-1, 1, 1, 1) * torch.randn_like(y01)
+    cond = spec.condition(y01, x_ve, sigma, spec.self_map(y01))
+    x_vp = ve_to_vp(x_ve, sigma.view(-1, 1, 1, 1))
+    keep = torch.tensor([True, True, False, False])
+    with torch.no_grad():
+        eps_c = teacher(x_vp, t.float(), cond, torch.ones(4, dtype=torch.bool))
+        eps_u = teacher(x_vp, t.float(), cond, torch.zeros(4, dtype=torch.bool))
+    got = guided_targets(teacher, x_vp, t, cond, keep, sigma, 3.0, 2.0, "fp32")
+    assert sigma[0] > 2.0 > sigma[1]
+    torch.testing.assert_close(got[0], eps_u[0] + 3.0 * (eps_c[0] - eps_u[0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[1], eps_c[1], atol=1e-5, rtol=0)  # below the window
+    torch.testing.assert_close(got[2:], eps_u[2:], atol=1e-5, rtol=0)  # condition dropped
+    assert (eps_c[0] - eps_u[0]).abs().mean() > 1e-3  # guidance really changes the target
+
+
+def test_distillation_brings_one_pass_towards_the_teachers_guided_two(
+    data, tiny_model_store, tiny_training_set, monkeypatch, tmp_path
+):
+    """A student trained from its teacher gets closer to the teacher's guided prediction, and
+    the run resumes with its teacher like any other."""
+    from midiffusion.diffusion.denoiser import classifier_free
+
+    monkeypatch.setenv("MIDIFF_MODEL_DIR", str(tiny_model_store.root))
+    config = _distilling()
+    config.iterations, config.lr = 130, 2e-3
+    path = tmp_path / "distil.json"
+    path.write_text(json.dumps(dataclasses.asdict(config)))
+    teacher = _teacher().eval()
+    spec = ConditioningSpec.from_dict(config.conditioning)
+    schedule = DDPMSchedule()
+    y01 = torch.from_numpy(data[:8]).unsqueeze(1)
+    t = torch.full((8,), 800)
+    sigma = schedule.sigmas[t].float()
+    gen = torch.Generator().manual_seed(5)
+    x_ve = spec.to_model(y01) + sigma.view(-1, 1, 1, 1) * torch.randn(y01.shape, generator=gen)
+    cond = spec.condition(y01, x_ve, sigma, spec.self_map(y01))
+    x_vp = ve_to_vp(x_ve, sigma.view(-1, 1, 1, 1))
+    on = torch.ones(8, dtype=torch.bool)
+    with torch.no_grad():
+        guided = classifier_free(
+            teacher(x_vp, t.float(), cond, on), teacher(x_vp, t.float(), cond, ~on), 3.0
+        )
+
+    def gap(net: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(((net.eval()(x_vp, t.float(), cond, on) - guided) ** 2).mean())
+
+    before = gap(teacher)
+    out = tmp_path / "run"
+    run = ["train", "--data", str(tiny_training_set), "--config", str(path), "--out", str(out)]
+    assert main([*run, "--iterations", "30"]) == 0  # starts as the teacher, at its step
+    assert main(run) == 0  # resumed at 30, with the teacher loaded again
+    student = Trainer(config, data, out, teacher=teacher)
+    assert student.resume()
+    assert student.step == 130  # the warm start counts on from the teacher's iterations
+    assert gap(student.ema) < 0.8 * before, (gap(student.ema), before)
+
+
+def test_a_distilling_config_needs_its_teacher(data, tmp_path):
+    with pytest.raises(ValueError, match="needs a teacher"):
+        TrainConfig(distill_guidance=2.0)
+    with pytest.raises(ValueError, match="distill_guidance"):
+        TrainConfig(teacher="t1w:14")
+    with pytest.raises(ValueError, match="teacher"):
+        Trainer(_distilling(), data, tmp_path)  # the config names one, none is given
+
+
+def test_distilling_runs_draw_their_noise_levels_mostly_inside_the_guidance_window():
+    from midiffusion.training.distill import distill_timesteps
+
+    schedule = DDPMSchedule()
+    gen = torch.Generator().manual_seed(0)
+    t = distill_timesteps(schedule, 20000, 3.0, 0.75, gen)
+    inside = schedule.sigmas[t] >= 3.0
+    # 0.75 drawn inside, plus the share of the uniform quarter that lands there
+    share = 0.75 + 0.25 * float((schedule.sigmas >= 3.0).float().mean())
+    assert float(inside.float().mean()) == pytest.approx(share, abs=0.01)
+    assert int(t.min()) < 100 and int(t.max()) == schedule.num_timesteps - 1
+    only = distill_timesteps(schedule, 2000, 3.0, 1.0, gen)
+    assert bool((schedule.sigmas[only] >= 3.0).all())

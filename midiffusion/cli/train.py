@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from midiffusion.model.unet import count_parameters
+from midiffusion.model.unet import UNet, count_parameters
 from midiffusion.pipeline.devices import DEVICE_HELP, resolve_device
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
 from midiffusion.training import checkpoint
@@ -18,6 +18,7 @@ from midiffusion.training.checkpoint import CHECKPOINT
 from midiffusion.training.config import PRESETS, TrainConfig
 from midiffusion.training.data import load_training_slices
 from midiffusion.training.trainer import Trainer
+from model_store import ModelIntegrityError, ModelNotFoundError, ModelStore, VerifiedModel
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -65,10 +66,19 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
         return 1
-    trainer = Trainer(config, data, args.out, manifest, device=device, precision=args.precision)
+    try:
+        teacher = load_teacher(config) if config.teacher else None
+    except (ValueError, ModelNotFoundError, ModelIntegrityError) as exc:
+        print(f"error: teacher {config.teacher!r}: {exc}", file=sys.stderr)
+        return 1
+    trainer = Trainer(
+        config, data, args.out, manifest, device=device, precision=args.precision, teacher=teacher
+    )
     resumed = trainer.resume()
-    if not resumed and args.init_from:
-        init_from_store(trainer, args.init_from)
+    # a distilling student starts as its teacher unless told otherwise
+    init_from = args.init_from or config.teacher
+    if not resumed and init_from:
+        init_from_store(trainer, init_from)
     print(
         f"{'resumed at step ' + str(trainer.step) if resumed else 'new run'}: "
         f"{len(data)} slices, {count_parameters(trainer.net):,} parameters, "
@@ -82,11 +92,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stored(ref: str) -> VerifiedModel:
+    """The verified stored model ``NAME[:VERSION]``."""
+    name, _, version = ref.partition(":")
+    return ModelStore().verified(name, int(version) if version else None)
+
+
 def init_from_store(trainer: Trainer, ref: str) -> None:
     """Warm start from ``NAME[:VERSION]`` of the model store (``checkpoint.warm_start``)."""
-    from model_store import ModelStore
-
-    name, _, version = ref.partition(":")
-    verified = ModelStore().verified(name, int(version) if version else None)
+    verified = _stored(ref)
     checkpoint.warm_start(trainer, verified.card, verified.weights_path)
-    print(f"initialised from {name} v{verified.card.version} at step {trainer.step}")
+    print(f"initialised from {ref} (v{verified.card.version}) at step {trainer.step}")
+
+
+def load_teacher(config: TrainConfig) -> UNet:
+    """The frozen network a distilling config names (``checkpoint.load_network``)."""
+    verified = _stored(config.teacher)
+    return checkpoint.load_network(config, verified.card, verified.weights_path)

@@ -29,6 +29,12 @@ from midiffusion.model.unet import UNet
 from midiffusion.pipeline.precision import network_autocast
 
 
+def classifier_free(eps_c: torch.Tensor, eps_u: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance of weight ``guidance`` from the conditional and unconditional
+    predictions (1: the conditional one)."""
+    return eps_u + guidance * (eps_c - eps_u)
+
+
 class LMIGuidedDenoiser:
     def __init__(
         self,
@@ -66,7 +72,7 @@ class LMIGuidedDenoiser:
             torch.cat([cond, cond]),
             mask.to(x_ve.device),
         ).chunk(2)
-        return eps_u + self.guidance * (eps_c - eps_u)
+        return classifier_free(eps_c, eps_u, self.guidance)
 
     def _net(self, *inputs: torch.Tensor) -> torch.Tensor:
         with network_autocast(self.precision, inputs[0].device):

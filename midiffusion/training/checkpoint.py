@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from midiffusion.diffusion.conditioning import ConditioningSpec
-from midiffusion.model.unet import UNetConfig
+from midiffusion.model.unet import UNet, UNetConfig
 from model_store.files import atomic_path
 
 if TYPE_CHECKING:
+    from midiffusion.training.config import TrainConfig
     from midiffusion.training.trainer import Trainer
     from model_store.card import ModelCard
 
@@ -90,16 +91,29 @@ def resume(trainer: Trainer) -> bool:
     return True
 
 
+def _check_compatible(config: TrainConfig, card: ModelCard) -> None:
+    """Refuse a stored model whose network or conditioning differ from the run's."""
+    network = UNetConfig.from_dict(card.network.model_dump())
+    if network != UNetConfig.from_dict(config.network):
+        raise ValueError(f"{card.name} v{card.version} has another network than this config")
+    conditioning = ConditioningSpec.from_dict(card.conditioning.model_dump())
+    if conditioning != ConditioningSpec.from_dict(config.conditioning):
+        raise ValueError(f"{card.name} v{card.version} was trained with other conditioning")
+
+
+def load_network(config: TrainConfig, card: ModelCard, weights: Path) -> UNet:
+    """A stored model's network (verified weights), checked against the run's config."""
+    _check_compatible(config, card)
+    net = UNet(UNetConfig.from_dict(config.network))
+    net.load_state_dict(load_file(str(weights)), strict=True)
+    return net
+
+
 def warm_start(trainer: Trainer, card: ModelCard, weights: Path) -> None:
     """Start from a stored model (its card and verified weights): the EMA weights become both the
     weights and the EMA; the step count and the compute used continue from the card's, so the
     next card counts the whole history. Adam's moments start fresh."""
-    network = UNetConfig.from_dict(card.network.model_dump())
-    if network != UNetConfig.from_dict(trainer.config.network):
-        raise ValueError(f"{card.name} v{card.version} has another network than this config")
-    conditioning = ConditioningSpec.from_dict(card.conditioning.model_dump())
-    if conditioning != ConditioningSpec.from_dict(trainer.config.conditioning):
-        raise ValueError(f"{card.name} v{card.version} was trained with other conditioning")
+    _check_compatible(trainer.config, card)
     state = load_file(str(weights))
     trainer.net.load_state_dict(state)
     trainer.ema.load_state_dict(state)

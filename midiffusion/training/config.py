@@ -42,6 +42,16 @@ class TrainConfig:
     # fraction of each batch conditioned on a randomly re-contrasted copy of the target instead
     # of the target itself (augment.recontrast): the prior learns LMI maps of other contrasts
     recontrast: float = 0.0
+    # guidance distillation (midiffusion.training.distill): the network learns to give in one
+    # pass what ``teacher`` (a stored model, "name:version") gives with classifier-free guidance
+    # of weight ``distill_guidance`` at noise levels sigma >= ``distill_sigma_min`` (0: off)
+    teacher: str = ""
+    distill_guidance: float = 0.0
+    distill_sigma_min: float = 0.0
+    # the share of a distilling batch drawn inside the guidance window (the rest uniformly):
+    # below it the target is the teacher's plain prediction, which a student that starts as
+    # its teacher already gives
+    distill_window_share: float = 0.5
     iterations: int = 20000
     checkpoint_every: int = 100
     log_every: int = 10
@@ -62,6 +72,12 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)} in {path}")
         return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.distill_guidance and not self.teacher:
+            raise ValueError("distill_guidance needs a teacher (a stored model, name:version)")
+        if self.teacher and self.distill_guidance <= 0:
+            raise ValueError("a teacher needs distill_guidance > 0 (the guidance it distils)")
 
 
 PRESETS: dict[str, dict] = {

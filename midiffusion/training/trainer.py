@@ -4,7 +4,8 @@ Every step: draw target slices y0 (flipped left-right at random), a noise level,
 the VE state ``x = y0 + sigma * eps``; compute the condition with the model's own
 ``ConditioningSpec`` (the very function the sampler calls: cross-LMI of y0 against the state as
 LMI sees it, and the self-LMI of y0, banked once per slice since flips commute with LMI); drop the
-condition for ``cond_dropout`` of the batch; regress epsilon.
+condition for ``cond_dropout`` of the batch; regress epsilon, or, when the config names a
+teacher, the teacher's guided prediction (``midiffusion.training.distill``).
 
 Differences from the published recipe, on purpose: data in [-1,1]; no blur
 augmentation; no time-delay trick (sampling has none either); per-pixel mean instead of a sum;
@@ -33,6 +34,7 @@ from midiffusion.model.unet import UNet, UNetConfig
 from midiffusion.pipeline.precision import network_autocast, resolve_precision
 from midiffusion.training import augment, checkpoint
 from midiffusion.training.config import TrainConfig
+from midiffusion.training.distill import distill_timesteps, guided_targets
 
 LOSS_LOG = "loss.csv"
 
@@ -53,8 +55,19 @@ class Trainer:
         data_manifest: dict | None = None,
         device: str = "cpu",
         precision: str = "auto",
+        teacher: UNet | None = None,
     ) -> None:
+        """``teacher``: the frozen network of ``config.teacher``, needed when the config
+        distils guidance (``midiffusion.training.distill``)."""
         self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
+        if bool(config.teacher) != (teacher is not None):
+            raise ValueError(
+                f"the config's teacher is {config.teacher!r}: pass its network exactly when the "
+                "config names one"
+            )
+        self.teacher = None if teacher is None else teacher.to(self.device).eval()
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
         self.precision = resolve_precision(precision, self.device)
         stride = 2 ** (len(config.network["channel_mults"]) - 1)
         if config.crop and not (
@@ -118,8 +131,18 @@ class Trainer:
         return y, src, s
 
     def _timesteps(self) -> torch.Tensor:
-        """Antithetic draw, as published: t and T-1-t in equal numbers."""
-        n, T = self.config.batch_size, self.schedule.num_timesteps
+        """Antithetic draw, as published: t and T-1-t in equal numbers; a distilling run draws
+        its own (``distill.distill_timesteps``)."""
+        cfg = self.config
+        if self.teacher is not None:
+            return distill_timesteps(
+                self.schedule,
+                cfg.batch_size,
+                cfg.distill_sigma_min,
+                cfg.distill_window_share,
+                self.gen,
+            )
+        n, T = cfg.batch_size, self.schedule.num_timesteps
         t = torch.randint(T, (n // 2 + 1,), generator=self.gen)
         return torch.cat([t, T - 1 - t])[:n]
 
@@ -146,9 +169,22 @@ class Trainer:
         with torch.no_grad():
             cond = self.spec.condition(src01, x_ve, sigma, self_map)
         x_vp = ve_to_vp(x_ve, sigma.view(-1, 1, 1, 1))
+        target = eps
+        if self.teacher is not None:
+            target = guided_targets(
+                self.teacher,
+                x_vp,
+                t,
+                cond,
+                keep,
+                sigma,
+                cfg.distill_guidance,
+                cfg.distill_sigma_min,
+                self.precision,
+            )
         with network_autocast(self.precision, self.device):
             pred = self.net(x_vp, t.float(), cond, keep)
-        loss = F.mse_loss(pred.float(), eps)
+        loss = F.mse_loss(pred.float(), target)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)

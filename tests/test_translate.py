@@ -232,13 +232,49 @@ def test_guidance_applies_only_at_noise_levels_from_its_window_on(tiny_model_sto
     plain = t.translate_slices(src, **{**run, "guidance": 1.0})
     batches.clear()
     everywhere = t.translate_slices(src, **run, guidance_sigma_min=0.0)
-    assert batches == [4, 4, 4]  # conditional and unconditional in one batch at every step
+    # conditional and unconditional in one batch at every step; at the first, both slices
+    # share the draw's noise, so one unconditional item serves them
+    assert batches == [3, 4, 4]
     batches.clear()
     window = t.translate_slices(src, **run, guidance_sigma_min=(sigmas[1] + sigmas[2]) / 2)
-    assert batches == [4, 4, 2]  # the last level is below the window: one plain pass
+    assert batches == [3, 4, 2]  # the last level is below the window: one plain pass
     nowhere = t.translate_slices(src, **run, guidance_sigma_min=sigmas[0] * 2)
     assert np.array_equal(nowhere, plain)
     assert np.abs(window - everywhere).max() > 1e-3 and np.abs(window - plain).max() > 1e-3
 
     card = SamplingSection(guidance=2.0, guidance_sigma_min=3.0, presets={"fast": {"guidance": 1}})
     assert card.preset("fast").guidance == 1.0 and card.preset(None).guidance_sigma_min == 3.0
+
+
+def test_the_unconditional_prediction_is_computed_once_per_distinct_state(tiny_model_store):
+    """Slices that share a state (the first step of a volume's draw) share one unconditional
+    pass, with the same result as one pass per slice."""
+    import torch
+
+    from midiffusion.diffusion.denoiser import classifier_free
+    from midiffusion.diffusion.schedules import ve_to_vp
+
+    v = tiny_model_store.verified("tiny")
+    t = Translator.load(v.card, v.weights_path, precision="fp32")
+    head = _head((32, 32, 1))[:, :, 0] / 100.0
+    src = torch.from_numpy(
+        np.stack([np.roll(head, k, axis=k % 2) * (1 - 0.05 * k) for k in range(6)])
+    ).float()[:, None]
+    denoiser = t.denoiser(src, guidance=2.0)
+    sigma = t.schedule.sampling_sigmas(4)[:1].float()
+    noise = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    # two draws of three slices each, an antithetic pair: two distinct states among six rows
+    x = torch.cat([noise.expand(3, -1, -1, -1), -noise.expand(3, -1, -1, -1)]) * sigma
+    batches: list[int] = []
+    t.net.register_forward_pre_hook(lambda _m, inputs: batches.append(inputs[0].shape[0]))
+    got = denoiser.eps(x, sigma.expand(6))
+    assert batches == [6 + 2]
+
+    steps = t.schedule.sigma_to_t(sigma.expand(6))
+    x_vp = ve_to_vp(x, sigma.reshape(-1, 1, 1, 1))
+    cond = denoiser.spec.condition(src, x, sigma.expand(6), denoiser.self_map)
+    with torch.no_grad():
+        on = torch.ones(6, dtype=torch.bool)
+        each = classifier_free(t.net(x_vp, steps, cond, on), t.net(x_vp, steps, cond, ~on), 2.0)
+    torch.testing.assert_close(got, each, atol=1e-5, rtol=1e-5)
+    assert (got[0] - got[1]).abs().max() > 1e-3  # the slices' conditional parts still differ

@@ -64,14 +64,26 @@ class LMIGuidedDenoiser:
         # every item of a sampler's batch is at the same noise level
         if self.guidance == 1 or float(sigma.reshape(-1)[0]) < self.guidance_sigma_min:
             return self._net(x_vp, t, cond)
+        # The unconditional prediction sees the state alone (the network zeroes a dropped
+        # condition), so it is computed once per distinct state: at the first step every slice
+        # of a draw starts from the same noise, and a volume's pass costs one item, not a slice's.
+        states, inverse = torch.unique(x_vp.flatten(1), dim=0, return_inverse=True)
+        if len(states) == b:
+            states, inverse = x_vp, None
+        else:
+            states = states.reshape(-1, *x_vp.shape[1:])
+        u = len(states)
         # one batched call for the conditional and unconditional predictions
-        mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
-        eps_c, eps_u = self._net(
-            torch.cat([x_vp, x_vp]),
-            torch.cat([t, t]),
-            torch.cat([cond, cond]),
+        mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(u, dtype=torch.bool)])
+        out = self._net(
+            torch.cat([x_vp, states]),
+            torch.cat([t, t[:1].expand(u)]),
+            torch.cat([cond, cond.new_zeros(u, *cond.shape[1:])]),
             mask.to(x_ve.device),
-        ).chunk(2)
+        )
+        eps_c, eps_u = out[:b], out[b:]
+        if inverse is not None:
+            eps_u = eps_u[inverse]
         return classifier_free(eps_c, eps_u, self.guidance)
 
     def _net(self, *inputs: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ class LMIGuidedDenoiser:
             return self._net(x_vp, t, cond)
         # The unconditional prediction sees the state alone (the network zeroes a dropped
         # condition), so it is computed once per distinct state: at the first step every slice
-        # of a draw starts from the same noise, and a volume's pass costs one item, not a slice's.
+        # of a draw starts from the same noise, so a volume needs one item per draw, not per slice.
         states, inverse = torch.unique(x_vp.flatten(1), dim=0, return_inverse=True)
         if len(states) == b:
             states, inverse = x_vp, None

@@ -51,7 +51,7 @@ class TrainConfig:
     # the share of a distilling batch drawn inside the guidance window (the rest uniformly):
     # below it the target is the teacher's plain prediction, which a student that starts as
     # its teacher already gives
-    distill_window_share: float = 0.5
+    distill_window_share: float = 0.75
     iterations: int = 20000
     checkpoint_every: int = 100
     log_every: int = 10

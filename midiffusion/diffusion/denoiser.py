@@ -35,6 +35,34 @@ def classifier_free(eps_c: torch.Tensor, eps_u: torch.Tensor, guidance: float) -
     return eps_u + guidance * (eps_c - eps_u)
 
 
+def with_and_without_condition(
+    net: UNet, x_vp: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's predictions with the condition and without it, in one batched call, in
+    float32. The unconditional prediction sees the state and the timestep alone (the network
+    zeroes a dropped condition), so it runs once per distinct pair: at the first step every
+    slice of a draw starts from the same noise, so a volume needs one item per draw, not one per
+    slice."""
+    b = x_vp.shape[0]
+    keys = torch.cat([x_vp.flatten(1), t.reshape(-1, 1).to(x_vp.dtype)], dim=1)
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    if len(unique) == b:
+        states, steps, inverse = x_vp, t, None
+    else:
+        states, steps = unique[:, :-1].reshape(-1, *x_vp.shape[1:]), unique[:, -1].to(t.dtype)
+    u = len(states)
+    mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(u, dtype=torch.bool)])
+    with network_autocast(precision, x_vp.device):
+        out = net(
+            torch.cat([x_vp, states]),
+            torch.cat([t, steps]),
+            torch.cat([cond, cond.new_zeros(u, *cond.shape[1:])]),
+            mask.to(x_vp.device),
+        ).float()
+    eps_c, eps_u = out[:b], out[b:]
+    return eps_c, eps_u if inverse is None else eps_u[inverse]
+
+
 class LMIGuidedDenoiser:
     def __init__(
         self,
@@ -64,26 +92,7 @@ class LMIGuidedDenoiser:
         # every item of a sampler's batch is at the same noise level
         if self.guidance == 1 or float(sigma.reshape(-1)[0]) < self.guidance_sigma_min:
             return self._net(x_vp, t, cond)
-        # The unconditional prediction sees the state alone (the network zeroes a dropped
-        # condition), so it is computed once per distinct state: at the first step every slice
-        # of a draw starts from the same noise, so a volume needs one item per draw, not per slice.
-        states, inverse = torch.unique(x_vp.flatten(1), dim=0, return_inverse=True)
-        if len(states) == b:
-            states, inverse = x_vp, None
-        else:
-            states = states.reshape(-1, *x_vp.shape[1:])
-        u = len(states)
-        # one batched call for the conditional and unconditional predictions
-        mask = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(u, dtype=torch.bool)])
-        out = self._net(
-            torch.cat([x_vp, states]),
-            torch.cat([t, t[:1].expand(u)]),
-            torch.cat([cond, cond.new_zeros(u, *cond.shape[1:])]),
-            mask.to(x_ve.device),
-        )
-        eps_c, eps_u = out[:b], out[b:]
-        if inverse is not None:
-            eps_u = eps_u[inverse]
+        eps_c, eps_u = with_and_without_condition(self.net, x_vp, t, cond, self.precision)
         return classifier_free(eps_c, eps_u, self.guidance)
 
     def _net(self, *inputs: torch.Tensor) -> torch.Tensor:

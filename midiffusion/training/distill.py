@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from midiffusion.diffusion.denoiser import classifier_free
+from midiffusion.diffusion.denoiser import classifier_free, with_and_without_condition
 from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.model.unet import UNet
-from midiffusion.pipeline.precision import network_autocast
 
 
 def distill_timesteps(
@@ -55,19 +54,7 @@ def guided_targets(
     precision: str,
 ) -> torch.Tensor:
     """The teacher's epsilon targets for a training batch (module docstring)."""
-    b = x_vp.shape[0]
-    with_cond = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
-    with network_autocast(precision, x_vp.device):
-        eps_c, eps_u = (
-            teacher(
-                torch.cat([x_vp, x_vp]),
-                torch.cat([t, t]).float(),
-                torch.cat([cond, cond]),
-                with_cond.to(x_vp.device),
-            )
-            .float()
-            .chunk(2)
-        )
+    eps_c, eps_u = with_and_without_condition(teacher, x_vp, t.float(), cond, precision)
     guided = classifier_free(eps_c, eps_u, guidance)
     in_window = (sigma >= sigma_min).view(-1, 1, 1, 1)
     return torch.where(keep.view(-1, 1, 1, 1), torch.where(in_window, guided, eps_c), eps_u)

@@ -65,9 +65,9 @@ class Trainer:
                 f"the config's teacher is {config.teacher!r}: pass its network exactly when the "
                 "config names one"
             )
-        self.teacher = None if teacher is None else teacher.to(self.device).eval()
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False)
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.to(self.device).eval().requires_grad_(False)
         self.precision = resolve_precision(precision, self.device)
         stride = 2 ** (len(config.network["channel_mults"]) - 1)
         if config.crop and not (

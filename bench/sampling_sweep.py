@@ -66,19 +66,29 @@ def brain_cases(grid: int, slices: int) -> list[Case]:
     return [(f"brain {k}->T1", stripped(vols[k]), truth, mask, pixel_mm2) for k in SOURCES]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", required=True, help="sampler:steps:samples, comma-separated")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tuning data's options, shared with ``lookup_sweep.py``."""
     parser.add_argument("--slices", type=int, default=8, help="slices per direction")
     parser.add_argument("--brains", action="store_true", help="the brain of head-tune")
     parser.add_argument("--version", type=int, help="t1w version (default: the serving one)")
-    args = parser.parse_args()
 
+
+def tuning_cases(args: argparse.Namespace) -> tuple[Translator, list[Case]]:
+    """The stored model and the tuning cases ``add_tuning_arguments`` asked for."""
     v = ModelStore().verified("t1w", args.version)
     t = Translator.load(v.card, v.weights_path, "cpu")
     cases = (brain_cases if args.brains else head_cases)(t.grid, args.slices)
     print(f"model t1w v{v.card.version}; {len(cases)} directions x {args.slices} slices")
+    return t, cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", required=True, help="sampler:steps:samples, comma-separated")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    add_tuning_arguments(parser)
+    args = parser.parse_args()
+    t, cases = tuning_cases(args)
     for config in args.configs.split(","):
         sampler, steps, samples, *window = config.split(":")
         guidance, sigma_min = (float(w) for w in [*window, 1, 0][:2])

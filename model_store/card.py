@@ -117,7 +117,9 @@ class SamplingSection(_Section):
     (``midiffusion/diffusion/samplers.noise_source``). ``anchor_mean`` / ``anchor_mean_head``:
     the training brains' / whole heads' mean foreground intensity, which whole translated
     volumes of that kind are shifted to (``midiffusion/pipeline/intensity.py``); None: off for
-    that kind.
+    that kind. ``lookup_weight`` / ``lookup_weight_head``: how much of a brain's / whole head's
+    translation is read back through its source, and ``lookup_bandwidth`` the kernel on the
+    source intensity (``midiffusion/pipeline/source_lookup.py``); weight 0: off.
     """
 
     sampler: SamplerName = "ddim"
@@ -128,6 +130,9 @@ class SamplingSection(_Section):
     antithetic: bool = False
     anchor_mean: float | None = Field(default=None, gt=0, lt=1)
     anchor_mean_head: float | None = Field(default=None, gt=0, lt=1)
+    lookup_weight: float = Field(default=0.0, ge=0, le=1)
+    lookup_weight_head: float = Field(default=0.0, ge=0, le=1)
+    lookup_bandwidth: float = Field(default=0.02, gt=0, le=1)
     presets: dict[PresetName, SamplingPreset] = Field(default_factory=dict)
 
     def guidance_text(self, guidance: float | None = None) -> str:

@@ -287,8 +287,12 @@ def test_a_finer_set_is_translated_at_the_model_grid_and_scored_at_its_own(
     out = rows["midiffusion-unanchored"][0]
     assert out.shape == fine.source.shape
     assert not out[~fine.mask].any() and np.isfinite(out).all()
-    # scored at the fine grid: the output is the model-grid translation, brought back up
-    at_model = ctx.translator.translate_slices(fine.to_model_grid(fine.source), steps=2, seed=0)
+    # scored at the fine grid: the output is the model-grid translation (read back through the
+    # source there, as a volume is), brought back up
+    source = fine.to_model_grid(fine.source)
+    mask = fine.to_model_grid(fine.mask.astype(np.float32)) > 0.5
+    sampled = ctx.translator.translate_slices(source, steps=2, seed=0)
+    at_model = ctx.translator.finish(sampled, source, mask, fine.pixel_mm2 * 4, anchor=False)
     np.testing.assert_allclose(out, fine.from_model_grid(at_model) * fine.mask, atol=1e-6)
 
 

@@ -122,24 +122,27 @@ def test_publish_can_carry_another_cards_sampling_and_presets(
 
     fast = '{"steps": 1, "guidance": 1.0, "note": "one step"}'
     guided = ["--guidance", "2", "--guidance-sigma-min", "3", "--preset", f"fast={fast}"]
-    assert main([*base, *guided]) == 0
+    assert main([*base, *guided, "--lookup-weight-head", "1"]) == 0
     third = store.card("tiny", 3).sampling
     assert (third.guidance, third.guidance_sigma_min, third.steps) == (2.0, 3.0, source.steps)
+    assert (third.lookup_weight, third.lookup_weight_head) == (0.0, 1.0)
     assert third.preset("fast").model_dump(include={"steps", "guidance"}) == {
         "steps": 1,
         "guidance": 1.0,
     }
+    assert main([*base[:-1], "tiny:3"]) == 0  # the lookup is carried like the rest
+    assert store.card("tiny", 4).sampling.lookup_weight_head == 1.0
     # carried on again, a note keeps naming the card it was measured with
     assert main([*base[:-1], "tiny:2"]) == 0
     assert (
-        store.card("tiny", 4).sampling.presets["fast"].note
+        store.card("tiny", 5).sampling.presets["fast"].note
         == "carried from tiny v1: half the steps"
     )
     # refused, and nothing published: an unknown card, a preset that is not JSON, an unknown one
     assert main([*base[:-1], "tiny:9"]) == 1
     assert main([*base, "--preset", "fast={steps: 1}"]) == 1
     assert main([*base, "--preset", 'turbo={"steps": 1}']) == 1
-    assert [c.version for c in store.list()] == [1, 2, 3, 4]
+    assert [c.version for c in store.list()] == [1, 2, 3, 4, 5]
 
 
 def test_the_default_is_an_explicit_alias_not_the_highest_version(tiny_model_store, tmp_path):

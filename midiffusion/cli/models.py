@@ -70,8 +70,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sampling-from",
         metavar="NAME:VERSION",
         help="start from this stored card's sampling (sampler, steps, guidance and its window, "
-        "samples, antithetic, presets); the flags below override it, the anchors are always "
-        "the run's",
+        "samples, antithetic, the lookup, presets); the flags below override it, the anchors "
+        "are always the run's",
     )
     pub.add_argument("--sampler", choices=SAMPLER_NAMES, help="card's sampler")
     pub.add_argument("--steps", type=int, help="card's sampling steps")
@@ -82,6 +82,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="guidance applies at noise levels sigma >= this only (default 0: every step)",
     )
     pub.add_argument("--samples", type=int, help="translations averaged per slice")
+    pub.add_argument(
+        "--lookup-weight",
+        type=float,
+        help="how much of a skull-stripped brain's translation is read back through its source "
+        "(0 to 1; default 0: off; midiffusion/pipeline/source_lookup.py)",
+    )
+    pub.add_argument(
+        "--lookup-weight-head",
+        type=float,
+        help="the same for whole heads (default 0: off)",
+    )
+    pub.add_argument(
+        "--lookup-bandwidth",
+        type=float,
+        help="the lookup's kernel on the source intensity, in [0, 1] units (default 0.02)",
+    )
     pub.add_argument(
         "--antithetic",
         action="store_true",
@@ -193,6 +209,9 @@ _CARRIED = (
     "guidance_sigma_min",
     "samples",
     "antithetic",
+    "lookup_weight",
+    "lookup_weight_head",
+    "lookup_bandwidth",
     "presets",
 )
 _CARRIED_NOTE = "carried from "

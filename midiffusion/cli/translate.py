@@ -86,6 +86,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "anchor_mean), slices and volumes alike; auto: where the card has an anchor, on: "
         "refuse a card without one",
     )
+    parser.add_argument(
+        "--no-lookup",
+        action="store_true",
+        help="keep the sampled translation as it is, instead of reading it back through the "
+        "source with the card's lookup weight (MODEL_CARD.md)",
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--precision",
@@ -269,6 +275,7 @@ def translate_file(args: argparse.Namespace) -> Path:
             samples=args.samples or defaults.get("samples"),
             batch_size=args.batch_size,
             anchor=ANCHOR_CHOICES[args.anchor],
+            lookup=not args.no_lookup,
             progress=progress,
             warn=lambda message: bar.write(f"warning: {message}", file=sys.stderr),
         )

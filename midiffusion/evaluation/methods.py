@@ -1,14 +1,15 @@
 """The compared methods (docs/evaluation.md), registered by name in table order.
 
-``midiffusion`` (clean LMI, the model card's sampler, steps, guidance and intensity anchor;
-``midiffusion-unanchored`` is the same samples before the anchor), ``faithful`` (published LMI +
-DDPM chain; only with a faithful-trained model, else recorded as not run), ``sdedit``,
-``histogram`` / ``histogram-inverted`` / ``histogram-best`` and ``identity`` (see
-``baselines.py``). Every method sees the same slices and the same seed, and every output is
-multiplied by the brain mask (the model's translations are, too), so all are compared on equal
-terms. On a set finer than the model's grid, the model's methods translate at the model's grid
-and their results are brought back to the set's (``Direction.to_model_grid``); everything is
-scored at the set's grid. A method gives one or more table rows; the runner scores them.
+``midiffusion`` (clean LMI, the model card's sampler, steps, guidance, source lookup and
+intensity anchor; ``midiffusion-unanchored`` is the same translation before the anchor),
+``faithful`` (published LMI + DDPM chain; only with a faithful-trained model, else recorded as
+not run), ``sdedit``, ``histogram`` / ``histogram-inverted`` / ``histogram-best`` and
+``identity`` (see ``baselines.py``). Every method sees the same slices and the same seed, and
+every output is multiplied by the brain mask (the model's translations are, too), so all are
+compared on equal terms. On a set finer than the model's grid, the model's methods translate at
+the model's grid and their results are brought back to the set's (``Direction.to_model_grid``);
+everything is scored at the set's grid. A method gives one or more table rows; the runner
+scores them.
 """
 
 from __future__ import annotations
@@ -85,19 +86,28 @@ def _common(s: EvalSettings) -> dict[str, Any]:
 def _midiffusion(ctx: MethodContext, d: Direction) -> Rows:
     s, translator = ctx.settings, ctx.translator
     bar = ProgressBar(f"{d.name} midiffusion", ctx.progress)
+    source = d.to_model_grid(d.source)
+    mask = d.to_model_grid(d.mask.astype(np.float32)) > 0.5
+    # read back through the source on the model's grid, as a translation of a volume is
     raw, result = _timed(
         d,
         lambda: d.from_model_grid(
-            translator.translate_slices(
-                d.to_model_grid(d.source),
-                preset=s.preset,
-                steps=s.steps,
-                sampler=s.sampler,
-                guidance=s.guidance,
-                samples=s.samples,
-                antithetic=s.antithetic,
-                progress=bar,
-                **_common(s),
+            translator.finish(
+                translator.translate_slices(
+                    source,
+                    preset=s.preset,
+                    steps=s.steps,
+                    sampler=s.sampler,
+                    guidance=s.guidance,
+                    samples=s.samples,
+                    antithetic=s.antithetic,
+                    progress=bar,
+                    **_common(s),
+                ),
+                source,
+                mask,
+                d.pixel_mm2 * d.factor**2,
+                anchor=False,
             )
         ),
     )

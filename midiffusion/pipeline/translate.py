@@ -1,4 +1,5 @@
-"""Whole-volume translation: volume -> grid slices -> batched guided sampling -> volume.
+"""Whole-volume translation: volume -> grid slices -> batched guided sampling -> source lookup
+-> volume.
 
 Geometry: the input is reordered to RAS through its affine (never guessed; exact flips and
 permutations), masked in its slice plane, cut into axial slices (or the one slice of a 2D image)
@@ -46,6 +47,7 @@ from midiffusion.pipeline.intensity import (
 )
 from midiffusion.pipeline.precision import resolve_precision
 from midiffusion.pipeline.quality import DrawSpread, translation_quality
+from midiffusion.pipeline.source_lookup import apply_lookup, lookup_weight_for
 from model_store.card import MIN_INPLANE, ModelCard, affine_is_degenerate
 
 # the data recipe's field of view, so inference sees brains at the scale training saw them
@@ -443,6 +445,25 @@ class Translator:
                 out[idx.start : idx.stop] += x0.reshape(k, len(idx), *x0.shape[1:]).sum(0)
         return out / samples
 
+    def finish(
+        self,
+        sampled01: np.ndarray,
+        source01: np.ndarray,
+        mask: np.ndarray,
+        pixel_mm2: float,
+        *,
+        lookup: bool = True,
+        anchor: bool = True,
+    ) -> np.ndarray:
+        """One volume's sampled slices (n, G, G) as the output: masked, read back through the
+        source with the card's lookup weight for the volume's kind (``lookup``;
+        ``midiffusion/pipeline/source_lookup.py``), then shifted to its anchor (``anchor``)."""
+        out = np.where(mask, sampled01, 0.0).astype(np.float32)
+        if lookup:
+            weight = lookup_weight_for(self.sampling, mask, pixel_mm2)
+            out = apply_lookup(out, source01, mask, weight, self.sampling.lookup_bandwidth)
+        return self.anchor(out, mask, pixel_mm2) if anchor else out
+
     def anchor(self, slices01: np.ndarray, mask: np.ndarray, pixel_mm2: float) -> np.ndarray:
         """One volume's translated slices, shifted to the card's anchor for its kind (brain or
         whole head, ``midiffusion/pipeline/intensity.py``) inside ``mask``; unchanged where the card
@@ -456,6 +477,7 @@ class Translator:
         image: nib.Nifti1Image,
         *,
         anchor: bool = True,
+        lookup: bool = True,
         warn: Callable[[str], None] | None = None,
         **options: Any,
     ) -> nib.Nifti1Image:
@@ -463,11 +485,13 @@ class Translator:
 
         ``anchor``: shift the foreground to the card's intensity anchor (a no-op where the card
         has none; ``midiffusion/pipeline/intensity.py`` says why slices are anchored too).
+        ``lookup``: read the translation back through the source with the card's weight (a
+        no-op where it is 0; ``midiffusion/pipeline/source_lookup.py``).
         ``warn`` receives one sentence per way the input lies outside what the model was
         trained on (:func:`input_warnings`), before sampling starts.
         ``options`` are those of :meth:`translate_slices` (preset, steps, seed, sampler,
         guidance, samples, batch_size, progress, should_cancel)."""
-        run = self._run_on_grid(image, anchor, warn, options)
+        run = self._run_on_grid(image, anchor, lookup, warn, options)
         return run.to_input(image, run.result)
 
     def translate_with_report(
@@ -475,6 +499,7 @@ class Translator:
         image: nib.Nifti1Image,
         *,
         anchor: bool = True,
+        lookup: bool = True,
         warn: Callable[[str], None] | None = None,
         **options: Any,
     ) -> Translation:
@@ -484,7 +509,7 @@ class Translator:
         slices outside what the model was trained on, and where the time went."""
         started = time.perf_counter()
         spread = DrawSpread()
-        run = self._run_on_grid(image, anchor, warn, {**options, "on_draws": spread.add})
+        run = self._run_on_grid(image, anchor, lookup, warn, {**options, "on_draws": spread.add})
         samples = spread.draws
         spread_grid = np.zeros_like(run.result)
         if samples > 1:
@@ -519,6 +544,7 @@ class Translator:
         self,
         image: nib.Nifti1Image,
         anchor: bool,
+        lookup: bool,
         warn: Callable[[str], None] | None,
         options: dict[str, Any],
     ) -> _GridRun:
@@ -534,9 +560,10 @@ class Translator:
         result = np.zeros_like(src)
         sampling_started = time.perf_counter()
         if len(keep):
-            result[keep] = self.translate_slices(src[keep], **options)
-            if anchor:
-                result[keep] = self.anchor(result[keep], msk[keep], plan.pixel_mm2)
+            sampled = self.translate_slices(src[keep], **options)
+            result[keep] = self.finish(
+                sampled, src[keep], msk[keep], plan.pixel_mm2, lookup=lookup, anchor=anchor
+            )
         sample_seconds = time.perf_counter() - sampling_started
         result *= msk
         return _GridRun(plan, ras_mask, src, msk, keep, result, sample_seconds)
@@ -569,5 +596,5 @@ class Translation:
     quality: dict[str, float | None]
     slices: int  # foreground slices translated
     samples: int  # draws averaged per slice (0: no slice had foreground)
-    sample_seconds: float  # guided sampling (and the anchor)
+    sample_seconds: float  # guided sampling, the lookup and the anchor
     other_seconds: float  # reading, planning, quality figures, mapping back

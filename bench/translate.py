@@ -5,7 +5,8 @@
 What is timed (docs/performance.md):
 - a **convolution unit**: a fixed float32 workload (ten 3x3 convolutions, 64 -> 64 channels, over
   4 x 128 x 128), so that figures from different machines, or from one machine under different
-  load, can be compared: every mode is also given in these units;
+  load, can be compared: every mode is also given in these units. It is timed first, with the
+  C library's default allocator settings, as in any plain process;
 - **default** and **fast** (the model card's sampling defaults and its ``fast`` preset), end to
   end through ``Translator.translate_slices`` (self-LMI, then per step a cross-LMI and a U-Net
   call): one slice alone, and the cost of one more slice in a volume, from the difference
@@ -169,6 +170,9 @@ def main() -> None:
     parser.add_argument("--gpu-slices", type=int, default=128)
     args = parser.parse_args()
 
+    # before any Translator exists: it tunes the process's malloc (host_memory.py), which would
+    # make the unit cheaper than in a plain process, where an outside check times it
+    unit = convolution_unit()
     cpu, name = load_translator("cpu")
     src, what = source_slices(args.batch + BASE_SLICES, cpu.grid)
     print(f"model: {name}; {sum(p.numel() for p in cpu.net.parameters()):,} parameters")
@@ -179,7 +183,6 @@ def main() -> None:
         f"{native_bf16(cpu.device)}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
         f", load average before {os.getloadavg()[0]:.1f} (a shared machine: figures are noisy)"
     )
-    unit = convolution_unit()
     print(f"convolution unit (fixed float32 workload): {unit:.3f} s")
 
     print("\n== default and fast (CPU)")

@@ -51,6 +51,7 @@ def test_series_to_volume_to_derived_series(case: str) -> None:
     series = make_series(**CASES[case])
     layout = plan_upload(zip_entries(series.zip_bytes()), keep_bytes=True)
     image = read_volume(layout)
+    assert image.header.get_xyzt_units()[0] == "mm"  # the spacing is physical (field-of-view floor)
     # voxels: the rescaled phantom, in stack order whatever order the files came in
     np.testing.assert_allclose(image.get_fdata(), expected_volume(series), atol=1.01)
     # the affine: voxel (i, j, k) lands where the DICOM geometry says (RAS = LPS with x, y negated)

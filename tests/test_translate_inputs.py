@@ -179,6 +179,47 @@ def test_inference_and_the_data_build_share_one_grid():
         assert np.allclose(a[:, :, ka], b[:, :, kb], atol=1e-3)
 
 
+def test_the_field_of_view_has_a_floor():
+    """A small foreground is framed by at least ``min_side`` mm, centred on it; a large one by
+    its own extent."""
+    mask = np.zeros((200, 200, 1), bool)
+    mask[90:110, 80:120] = True  # 40 x 20 voxels of 1 mm
+    affine = np.eye(4)
+    own = slice_grid(mask, affine, 128, 0.1)
+    floored = slice_grid(mask, affine, 128, 0.1, min_side=173.0)
+    assert np.isclose(own.affine[0, 0] * 128, 39 * 1.1)
+    assert np.isclose(floored.affine[0, 0] * 128, 173.0)
+    centre = [63.5, 63.5, 0, 1]
+    assert np.allclose(own.affine @ centre, floored.affine @ centre)  # the box's centre
+    mask[:, 10:190] = True
+    assert np.allclose(
+        slice_grid(mask, affine, 128, 0.1, min_side=173.0).affine,
+        slice_grid(mask, affine, 128, 0.1).affine,
+    )
+
+
+def test_a_small_slice_in_mm_is_not_magnified_beyond_the_training_data(translator):
+    """The top of a head, alone: 91 x 70 mm of foreground in 0.7 mm pixels. With its spacing in
+    mm it is framed like the training data's smallest field of view; with units unknown (a PNG,
+    a NIfTI that does not say) by its own extent. Either way it comes back in its geometry."""
+    from midiffusion.pipeline.translate import SMALLEST_FOV_MM
+
+    data = np.zeros((260, 260), np.float32)
+    data[65:195, 80:180] = phantom((130, 100, 1))[:, :, 0]
+    assert (data > 0.1 * data.max()).sum() > 5000
+    unknown = nib.Nifti1Image(data, np.diag([0.7, 0.7, 3.0, 1.0]))
+    in_mm = nib.Nifti1Image(data, unknown.affine)
+    in_mm.header.set_xyzt_units("mm")
+
+    def side(img: nib.Nifti1Image) -> float:
+        plan, _, _ = plan_slices(img, _as_volume(img), translator.grid)
+        return plan.grid.shape[0] * float(np.linalg.norm(plan.grid.affine[:3, 0]))
+
+    assert side(in_mm) == pytest.approx(SMALLEST_FOV_MM)
+    assert side(unknown) < 0.65 * SMALLEST_FOV_MM
+    assert_translated_like(translator.translate(in_mm, steps=2), in_mm)
+
+
 def test_a_160x160_png_slice_through_the_command_line(tiny_model_store, tmp_path):
     from midiffusion.cli.main import main
     from midiffusion.io.imaging import load_png, save_png

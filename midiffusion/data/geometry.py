@@ -114,16 +114,22 @@ def square_fov(mask: np.ndarray, affine: np.ndarray, margin: float) -> tuple[flo
 
 
 def slice_grid(
-    mask: np.ndarray, affine: np.ndarray, size: int, margin: float, slice_axis: int = 2
+    mask: np.ndarray,
+    affine: np.ndarray,
+    size: int,
+    margin: float,
+    slice_axis: int = 2,
+    min_side: float = 0.0,
 ) -> Grid:
     """The model grid for translating a volume slice by slice, in the volume's own slices.
 
     Grid voxel (i, j, k) lies in the input's k-th slice along ``slice_axis``; in-plane, the
     square field of view of :func:`square_fov` (the mask's bounding box, larger side x
-    (1 + ``margin``)) is sampled by ``size`` x ``size`` pixels, grid axis 0 along the first
-    remaining array axis. Built on the voxel axes rather than the world's, so a single slice
-    or an oblique acquisition is cut in its own plane; for an axis-aligned RAS volume it is the
-    same in-plane grid as :func:`plan_grid`'s (a test holds both to that).
+    (1 + ``margin``), but at least ``min_side`` mm, centred on the box) is sampled by ``size`` x
+    ``size`` pixels, grid axis 0 along the first remaining array axis. Built on the voxel axes
+    rather than the world's, so a single slice or an oblique acquisition is cut in its own
+    plane; for an axis-aligned RAS volume it is the same in-plane grid as :func:`plan_grid`'s (a
+    test holds both to that).
     """
     plane = [a for a in range(3) if a != slice_axis]
     idx = np.nonzero(np.asarray(mask).any(axis=slice_axis))
@@ -132,7 +138,7 @@ def slice_grid(
     lo = np.array([i.min() for i in idx], dtype=np.float64)
     hi = np.array([i.max() for i in idx], dtype=np.float64)
     zooms = voxel_sizes(affine)[plane]
-    side = float(((hi - lo) * zooms).max()) * (1.0 + margin)
+    side = max(float(((hi - lo) * zooms).max()) * (1.0 + margin), min_side)
     step = side / size / zooms  # input voxels per grid pixel, along each in-plane axis
     to_voxel = np.zeros((4, 4))
     to_voxel[3, 3] = to_voxel[slice_axis, 2] = 1.0

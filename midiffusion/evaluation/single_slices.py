@@ -6,11 +6,12 @@ inversion.
 A clinic often has one slice, not a volume. Each evaluated slice of a protocol's directions is
 written as its own (H, W) NIfTI at the set's pixel spacing and translated by
 ``Translator.translate`` with the card's defaults, the call ``midiffusion translate`` makes: the
-input's own normalisation, masking, grid resampling and anchor, and nothing shared with the
-neighbouring slices. Every image (translation, truth, source) is then rescaled by its own
-99.5th percentile inside the head, as someone holding only the images would compare them, and
-scored inside the set's mask: SSIM and PSNR of the translation, of the source itself (the
-identity) and of the source inverted within the mask (1 - source, the crudest T2 -> T1 map).
+input's own normalisation, masking, grid resampling (its spacing given in mm, as a DICOM slice
+gives it) and anchor, and nothing shared with the neighbouring slices. Every image (translation,
+truth, source) is then rescaled by its own 99.5th percentile inside the head, as someone holding
+only the images would compare them, and scored inside the set's mask: SSIM and PSNR of the
+translation, of the source itself (the identity) and of the source inverted within the mask
+(1 - source, the crudest T2 -> T1 map).
 
 ``head-tune`` is tuning data (settings may be chosen on it); every other protocol is for
 reporting only.
@@ -69,6 +70,7 @@ def score_direction(direction: Direction, translate: Translate, seed: int) -> Sl
     rows = []
     for source, truth, mask in zip(direction.source, direction.truth, direction.mask, strict=True):
         image = nib.Nifti1Image(source.astype(np.float32), affine)
+        image.header.set_xyzt_units("mm")  # the set's spacing is physical
         out = np.asarray(translate(image, seed).dataobj, np.float32)
         if out.shape != source.shape:
             raise ValueError(f"translation of a {source.shape} slice came back {out.shape}")

@@ -152,7 +152,9 @@ def read_volume(layout: Layout) -> nib.Nifti1Image:
         if inst.header.get("PhotometricInterpretation") == "MONOCHROME1":
             values = -values  # MONOCHROME1 shows low values bright
         volume[:, :, k] = values.T  # (rows, columns) -> (column, row)
-    return nib.Nifti1Image(volume, layout.affine_ras())
+    image = nib.Nifti1Image(volume, layout.affine_ras())
+    image.header.set_xyzt_units("mm")  # DICOM's spacings are in mm by definition
+    return image
 
 
 # -- out ----------------------------------------------------------------------------------------

@@ -184,13 +184,32 @@ def _in_plane(footprint2d: np.ndarray, slice_axis: int) -> np.ndarray:
     return np.expand_dims(footprint2d, slice_axis)
 
 
+# what the shipped training data spans (t1-train): 1 mm voxels; fields of view of a brain or a
+# head, 173 mm (the smallest stripped brain) to 235 mm; axial slices
+COARSE_VOXEL_MM = 3.0
+SMALLEST_FOV_MM = 173.0
+LARGEST_FOV_MM = 300.0
+
+
+def spacing_in_mm(image: nib.Nifti1Image) -> bool:
+    """Whether the image's header says its voxel sizes are millimetres (DICOM, and NIfTI written
+    by scanners' converters); a PNG, and a NIfTI whose units are unknown, may be at any scale."""
+    header = image.header
+    return hasattr(header, "get_xyzt_units") and header.get_xyzt_units()[0] == "mm"
+
+
 def plan_slices(
     image: nib.Nifti1Image, volume: np.ndarray, grid: int
 ) -> tuple[SlicePlan, np.ndarray, np.ndarray]:
     """Reorient ``volume`` to RAS, mask it in its slice plane and place its slices on the grid.
 
     Returns the plan, the RAS volume in [0, 1] and its mask. The slice axis is the one axis of
-    a single slice (or of a two-slice image), else the axial one."""
+    a single slice (or of a two-slice image), else the axial one.
+
+    The field of view is the foreground's, as in training, where it is a whole volume's. Alone,
+    a slice near the top of a head, or a slab there, is small: framed by its own extent it would
+    be magnified beyond anything the model was trained on. So where the spacing is known to be
+    in mm, the field of view is at least the smallest one of the training data."""
     ornt = io_orientation(image.affine)
     ras, ras_affine = canonical(nib.Nifti1Image(volume, image.affine))
     few = [a for a in range(3) if ras.shape[a] <= 2]
@@ -204,20 +223,15 @@ def plan_slices(
     x01, mask = normalise(ras, slice_axis)
     if not mask.any():
         raise TranslationInputError("no foreground found: the image looks empty")
+    min_side = SMALLEST_FOV_MM if spacing_in_mm(image) else 0.0
     plan = SlicePlan(
         ornt=ornt,
         ras_affine=ras_affine,
         ras_shape=ras.shape,
         slice_axis=slice_axis,
-        grid=slice_grid(mask, ras_affine, grid, FOV_MARGIN, slice_axis),
+        grid=slice_grid(mask, ras_affine, grid, FOV_MARGIN, slice_axis, min_side),
     )
     return plan, x01, mask
-
-
-# what the shipped training data spans (t1-train): 1 mm voxels; fields of view of a brain or a
-# head; axial slices
-COARSE_VOXEL_MM = 3.0
-LARGEST_FOV_MM = 300.0
 
 
 def _trained_on_heads(card: ModelCard) -> bool:

@@ -21,20 +21,9 @@ import numpy as np
 from sampling_sweep import brain_cases, head_cases
 
 import midiffusion.pipeline.translate as translate
-from midiffusion.data.geometry import voxel_sizes
-from midiffusion.data.recipe import Recipe
-from midiffusion.data.sets import load_volumes
 from midiffusion.evaluation.metrics import psnr, ssim
 from midiffusion.evaluation.single_slices import rescaled
 from model_store import ModelStore
-
-
-def brain_pixel_mm(grid: int) -> float:
-    """The pixel size of ``brain_cases``' grid: the brain's field of view over the grid."""
-    brain = load_volumes("head-tune")["brain"]
-    ii, jj, _ = np.nonzero(np.asarray(brain.dataobj) > 0)
-    side = max(np.ptp(ii), np.ptp(jj)) * (1 + Recipe().fov_margin)
-    return float(side * voxel_sizes(brain.affine)[0] / grid)
 
 
 def main() -> None:
@@ -46,18 +35,17 @@ def main() -> None:
     args = parser.parse_args()
     v = ModelStore().verified("t1w", args.version)
     t = translate.Translator.load(v.card, v.weights_path, "cpu")
-    cases = [(n, s, g, m, float(np.sqrt(a))) for n, s, g, m, a in head_cases(t.grid, args.slices)]
-    mm = brain_pixel_mm(t.grid)
-    cases += [(n, s, g, m, mm) for n, s, g, m, _ in brain_cases(t.grid, args.slices)]
+    cases = head_cases(t.grid, args.slices) + brain_cases(t.grid, args.slices)
     print(f"model t1w v{v.card.version}; {len(cases)} directions x {args.slices} slices")
     for seed in args.seeds:
         for floor in args.floors:
             translate.SMALLEST_FOV_MM = floor
             cells = []
-            for name, source, truth, mask, pixel_mm in cases:
+            for name, source, truth, mask, pixel_mm2 in cases:
+                mm = float(np.sqrt(pixel_mm2))
                 scores = []
                 for s, g, m in zip(source, truth, mask, strict=True):
-                    image = nib.Nifti1Image(s, np.diag([pixel_mm, pixel_mm, 1.0, 1.0]))
+                    image = nib.Nifti1Image(s, np.diag([mm, mm, 1.0, 1.0]))
                     image.header.set_xyzt_units("mm")
                     out = np.asarray(t.translate(image, seed=seed).dataobj, np.float32)
                     o, g01 = rescaled(out, m), rescaled(g, m)

@@ -21,6 +21,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from midiffusion.data.geometry import voxel_sizes
 from midiffusion.data.recipe import Recipe
 from midiffusion.data.sets import load_volumes
 from midiffusion.evaluation.directions import TUNING, direction_names, load_directions
@@ -41,7 +42,8 @@ def head_cases(grid: int, slices: int) -> list[Case]:
 
 
 def brain_cases(grid: int, slices: int) -> list[Case]:
-    vols = {k: np.asarray(v.dataobj, np.float32) for k, v in load_volumes("head-tune").items()}
+    images = load_volumes("head-tune")
+    vols = {k: np.asarray(v.dataobj, np.float32) for k, v in images.items()}
     brain = vols["brain"] > 0
     ii, jj, kk = np.nonzero(brain)
     centre = ((ii.min() + ii.max()) / 2, (jj.min() + jj.max()) / 2)
@@ -62,7 +64,8 @@ def brain_cases(grid: int, slices: int) -> list[Case]:
         return np.clip(b / np.percentile(b[mask], 99.5), 0, 1).astype(np.float32)
 
     truth = stripped(vols["t1"])
-    pixel_mm2 = 1.0  # a brain's section, whatever the pixel: the anchor treats it as a brain
+    # the grid's real pixel area (the largest section, 192 cm^2, is a brain's to the anchor)
+    pixel_mm2 = float((side * voxel_sizes(images["brain"].affine)[0] / grid) ** 2)
     return [(f"brain {k}->T1", stripped(vols[k]), truth, mask, pixel_mm2) for k in SOURCES]
 
 

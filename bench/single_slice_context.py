@@ -10,7 +10,9 @@ images rescaled as ``evaluate --single-slices`` does) four ways:
 - ``alone, as a head``: the same, with the input judged a whole head whatever its area (the
   card's head anchor and head lookup weight);
 - ``in the volume``: the direction's slices stacked into one volume and translated together;
-- ``in the volume, no lookup``: the same without the source lookup.
+- ``in the volume, no lookup``: the same without the source lookup;
+
+and the identity (the source itself) beside them.
 
 It then translates the brain cut out of ``head-tune`` (``sampling_sweep.py --brains``) alone,
 judged by its area and judged a head, to show what judging a brain a head costs. The kind is
@@ -73,6 +75,9 @@ def main() -> None:
         _, _, _, mask, pixel_mm2 = cases[0]
         areas = " ".join(f"{m.sum() * pixel_mm2 / 100:.0f}" for m in mask)
         print(f"{label} sections, cm^2: {areas}")
+    for name, source, truth, mask, _ in heads:
+        s = scores(source, truth, mask)
+        print(f"{name} identity: mean {s.mean():.3f} [{' '.join(f'{x:.2f}' for x in s)}]")
     for seed in args.seeds:
         for name, source, truth, mask, pixel_mm2 in heads:
             mm = float(np.sqrt(pixel_mm2))

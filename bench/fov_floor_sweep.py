@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 
-import nibabel as nib
 import numpy as np
 from sampling_sweep import brain_cases, head_cases
 
 import midiffusion.pipeline.translate as translate
 from midiffusion.evaluation.metrics import psnr, ssim
-from midiffusion.evaluation.single_slices import rescaled
+from midiffusion.evaluation.single_slices import rescaled, slice_image
 from model_store import ModelStore
 
 
@@ -42,11 +41,9 @@ def main() -> None:
             translate.SMALLEST_FOV_MM = floor
             cells = []
             for name, source, truth, mask, pixel_mm2 in cases:
-                mm = float(np.sqrt(pixel_mm2))
                 scores = []
                 for s, g, m in zip(source, truth, mask, strict=True):
-                    image = nib.Nifti1Image(s, np.diag([mm, mm, 1.0, 1.0]))
-                    image.header.set_xyzt_units("mm")
+                    image = slice_image(s, pixel_mm2)
                     out = np.asarray(t.translate(image, seed=seed).dataobj, np.float32)
                     o, g01 = rescaled(out, m), rescaled(g, m)
                     scores.append((ssim(o, g01, m), psnr(o, g01, m)))

@@ -23,37 +23,36 @@ from __future__ import annotations
 
 import argparse
 
-import nibabel as nib
 import numpy as np
 from sampling_sweep import brain_cases, head_cases
 
 import midiffusion.pipeline.intensity as intensity
 from midiffusion.evaluation.metrics import ssim
-from midiffusion.evaluation.single_slices import rescaled
+from midiffusion.evaluation.single_slices import rescaled, slice_image
 from midiffusion.pipeline.translate import Translator
 from model_store import ModelStore
 
 HEAD_AREA = intensity.HEAD_AREA_CM2
 
 
-def in_mm(array: np.ndarray, mm: float, slice_mm: float) -> nib.Nifti1Image:
-    image = nib.Nifti1Image(array, np.diag([mm, mm, slice_mm, 1.0]))
-    image.header.set_xyzt_units("mm")
-    return image
-
-
-def alone(t: Translator, source: np.ndarray, mm: float, seed: int, as_head: bool) -> np.ndarray:
+def alone(
+    t: Translator, source: np.ndarray, pixel_mm2: float, seed: int, as_head: bool
+) -> np.ndarray:
     intensity.HEAD_AREA_CM2 = 0.0 if as_head else HEAD_AREA
     try:
         return np.stack(
-            [np.asarray(t.translate(in_mm(s, mm, 1.0), seed=seed).dataobj) for s in source]
+            [np.asarray(t.translate(slice_image(s, pixel_mm2), seed=seed).dataobj) for s in source]
         )
     finally:
         intensity.HEAD_AREA_CM2 = HEAD_AREA
 
 
-def in_volume(t: Translator, source: np.ndarray, mm: float, seed: int, lookup: bool) -> np.ndarray:
-    out = t.translate(in_mm(np.stack(list(source), -1), mm, 8.0), seed=seed, lookup=lookup)
+def in_volume(
+    t: Translator, source: np.ndarray, pixel_mm2: float, seed: int, lookup: bool
+) -> np.ndarray:
+    out = t.translate(
+        slice_image(np.stack(list(source), -1), pixel_mm2, 8.0), seed=seed, lookup=lookup
+    )
     return np.moveaxis(np.asarray(out.dataobj), -1, 0)
 
 
@@ -80,23 +79,21 @@ def main() -> None:
         print(f"{name} identity: mean {s.mean():.3f} [{' '.join(f'{x:.2f}' for x in s)}]")
     for seed in args.seeds:
         for name, source, truth, mask, pixel_mm2 in heads:
-            mm = float(np.sqrt(pixel_mm2))
             ways = {
-                "alone": alone(t, source, mm, seed, False),
-                "alone, as a head": alone(t, source, mm, seed, True),
-                "in the volume": in_volume(t, source, mm, seed, True),
-                "in the volume, no lookup": in_volume(t, source, mm, seed, False),
+                "alone": alone(t, source, pixel_mm2, seed, False),
+                "alone, as a head": alone(t, source, pixel_mm2, seed, True),
+                "in the volume": in_volume(t, source, pixel_mm2, seed, True),
+                "in the volume, no lookup": in_volume(t, source, pixel_mm2, seed, False),
             }
             for way, out in ways.items():
                 s = scores(out, truth, mask)
                 per_slice = " ".join(f"{x:.2f}" for x in s)
                 print(f"seed {seed} {name} {way}: mean {s.mean():.3f} [{per_slice}]", flush=True)
         for name, source, truth, mask, pixel_mm2 in brains:
-            mm = float(np.sqrt(pixel_mm2))
-            cells = [
-                f"{way} {scores(alone(t, source, mm, seed, as_head), truth, mask).mean():.3f}"
-                for way, as_head in (("alone", False), ("alone, as a head", True))
-            ]
+            cells = []
+            for way, as_head in (("alone", False), ("alone, as a head", True)):
+                out = alone(t, source, pixel_mm2, seed, as_head)
+                cells.append(f"{way} {scores(out, truth, mask).mean():.3f}")
             print(f"seed {seed} {name}: " + "; ".join(cells), flush=True)
 
 

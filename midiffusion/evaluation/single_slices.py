@@ -61,16 +61,23 @@ def rescaled(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.zeros_like(image, np.float32)
 
 
+def slice_image(pixels: np.ndarray, pixel_mm2: float, slice_mm: float = 1.0) -> nib.Nifti1Image:
+    """A set's (H, W) slice, or (H, W, n) stack, as the NIfTI a user sends: square pixels of
+    ``pixel_mm2`` and slices ``slice_mm`` apart, with the units in mm (a set's spacing is
+    physical, as a DICOM slice's is)."""
+    mm = float(np.sqrt(pixel_mm2))
+    image = nib.Nifti1Image(np.asarray(pixels, np.float32), np.diag([mm, mm, slice_mm, 1.0]))
+    image.header.set_xyzt_units("mm")
+    return image
+
+
 def score_direction(direction: Direction, translate: Translate, seed: int) -> SliceScores:
     """Translate each slice of ``direction`` alone and score it (module docstring)."""
     if direction.truth is None:
         raise ValueError(f"direction {direction.name} has no truth to score single slices against")
-    mm = float(np.sqrt(direction.pixel_mm2))
-    affine = np.diag([mm, mm, 1.0, 1.0])
     rows = []
     for source, truth, mask in zip(direction.source, direction.truth, direction.mask, strict=True):
-        image = nib.Nifti1Image(source.astype(np.float32), affine)
-        image.header.set_xyzt_units("mm")  # the set's spacing is physical
+        image = slice_image(source, direction.pixel_mm2)
         out = np.asarray(translate(image, seed).dataobj, np.float32)
         if out.shape != source.shape:
             raise ValueError(f"translation of a {source.shape} slice came back {out.shape}")

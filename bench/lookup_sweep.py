@@ -7,18 +7,16 @@ Each direction of ``head-tune`` (or, with ``--brains``, its brain cut out as a s
 set; ``sampling_sweep.py`` says how) is translated once per seed with the card's sampling, then
 read back through its source at every weight (``midiffusion/pipeline/source_lookup.py``) and
 anchored as the evaluation anchors. Per weight it prints the mean over seeds and, against the
-first weight listed (give 0 first), the worst seed's change: the figures the card's lookup
-weights are chosen by (MODEL_CARD.md).
+first weight listed (give 0 first), the worst seed's change (``sampling_sweep.print_summary``):
+the figures the card's lookup weights are chosen by (MODEL_CARD.md).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
-from sampling_sweep import add_tuning_arguments, tuning_cases
+from sampling_sweep import add_tuning_arguments, print_summary, score, tuning_cases
 
-from midiffusion.evaluation.metrics import psnr, ssim
 from midiffusion.pipeline.source_lookup import apply_lookup
 
 
@@ -38,22 +36,9 @@ def main() -> None:
             for w in args.weights:
                 looked = apply_lookup(sampled, source, mask, w, args.bandwidth)
                 out = t.anchor(looked, mask, pixel_mm2)
-                s = np.mean([ssim(o, g, m) for o, g, m in zip(out, truth, mask, strict=True)])
-                p = np.mean([psnr(o, g, m) for o, g, m in zip(out, truth, mask, strict=True)])
-                scores[w].setdefault(name, []).append((float(s), float(p)))
+                scores[w].setdefault(name, []).append(score(out, truth, mask))
         print(f"seed {seed} done", flush=True)
-    base = scores[args.weights[0]]
-    for w, directions in scores.items():
-        cells = []
-        for name, rows in directions.items():
-            a, b = np.asarray(rows), np.asarray(base[name])
-            worst = (a - b).min(axis=0)
-            cells.append(
-                f"{name} {a[:, 0].mean():.3f} / {a[:, 1].mean():.2f} "
-                f"(worst seed {worst[0]:+.3f} / {worst[1]:+.2f})"
-            )
-        mean = np.mean([np.asarray(r)[:, 0].mean() for r in directions.values()])
-        print(f"weight {w:g}: mean SSIM {mean:.4f}; " + "; ".join(cells))
+    print_summary({f"weight {w:g}": directions for w, directions in scores.items()})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Sampling settings on the tuning data only: SSIM and PSNR to the truth for each setting.
 
     python bench/sampling_sweep.py --configs euler-a:16:4,euler-a:4:2:2:3 [--seeds 0 1 2]
-                                   [--slices 8] [--brains] [--version N]
+                                   [--slices 8] [--brains] [--lookup [--lookup-from M]]
+                                   [--version N]
 
 A config is ``sampler:steps:samples[:guidance[:sigma_min]]`` (draws in antithetic pairs, as the
 card's; guidance applied at noise levels sigma >= sigma_min, default 1 and 0). The data is
@@ -10,7 +11,12 @@ its brain: each source and the T1 masked with the set's brain mask, cut to the b
 view (larger side + 10 %, as the data recipe does) and rescaled to its 99.5th percentile, so the
 model sees a skull-stripped brain as in ``mni-synth`` without touching ``mni-synth``. This is
 how the card's defaults are chosen (MODEL_CARD.md); the reporting protocols never are.
-Translations are anchored as the evaluation anchors them.
+Translations are anchored as the evaluation anchors them; with ``--lookup`` they are first read
+back through their source with the card's weight for their kind, as a served translation is
+(``--lookup-from M``: with version M's lookup settings instead, to try M's lookup on other
+weights).
+After the seed-by-seed lines it prints each config's mean over seeds and, against the first
+config listed, the worst seed's change.
 """
 
 from __future__ import annotations
@@ -89,9 +95,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", required=True, help="sampler:steps:samples, comma-separated")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--lookup", action="store_true", help="the card's source lookup, as served")
+    parser.add_argument("--lookup-from", type=int, help="another version's lookup settings")
     add_tuning_arguments(parser)
     args = parser.parse_args()
     t, cases = tuning_cases(args)
+    if args.lookup_from is not None:
+        lookup = ModelStore().verified("t1w", args.lookup_from).card.sampling
+        fields = ("lookup_weight", "lookup_weight_head", "lookup_bandwidth")
+        t.sampling = t.sampling.model_copy(update={f: getattr(lookup, f) for f in fields})
+    # scores[config][direction] = [(ssim, psnr) per seed]
+    scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for config in args.configs.split(","):
         sampler, steps, samples, *window = config.split(":")
         guidance, sigma_min = (float(w) for w in [*window, 1, 0][:2])
@@ -108,12 +122,36 @@ def main() -> None:
                     guidance_sigma_min=sigma_min,
                     seed=seed,
                 )
-                out = t.anchor(raw * mask, mask, pixel_mm2)
-                s = np.mean([ssim(o, g, m) for o, g, m in zip(out, truth, mask, strict=True)])
-                p = np.mean([psnr(o, g, m) for o, g, m in zip(out, truth, mask, strict=True)])
+                out = t.finish(raw, source, mask, pixel_mm2, lookup=args.lookup)
+                s, p = score(out, truth, mask)
+                scores.setdefault(config, {}).setdefault(name, []).append((s, p))
                 cells.append(f"{name} {s:.3f} / {p:.2f} dB")
             seconds = time.perf_counter() - started
             print(f"{config} seed {seed} ({seconds:.0f} s): " + "; ".join(cells), flush=True)
+    print_summary(scores)
+
+
+def score(out: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Mean SSIM and PSNR (dB) over the slices, inside their masks."""
+    rows = list(zip(out, truth, mask, strict=True))
+    return float(np.mean([ssim(*r) for r in rows])), float(np.mean([psnr(*r) for r in rows]))
+
+
+def print_summary(scores: dict[str, dict[str, list[tuple[float, float]]]]) -> None:
+    """Per setting (the first one is the reference): the mean SSIM over its directions, then per
+    direction the means over seeds and the worst seed's change against the reference."""
+    base = next(iter(scores.values()))
+    for label, directions in scores.items():
+        cells = []
+        for name, rows in directions.items():
+            a, b = np.asarray(rows), np.asarray(base[name])
+            worst = (a - b).min(axis=0)
+            cells.append(
+                f"{name} {a[:, 0].mean():.3f} / {a[:, 1].mean():.2f} "
+                f"(worst seed {worst[0]:+.3f} / {worst[1]:+.2f})"
+            )
+        overall = np.mean([np.asarray(r)[:, 0].mean() for r in directions.values()])
+        print(f"{label}: mean SSIM {overall:.4f}; " + "; ".join(cells))
 
 
 if __name__ == "__main__":

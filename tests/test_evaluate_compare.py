@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from midiffusion.evaluation.compare import compare, main, seed_figures
+from midiffusion.evaluation.compare import compare, compare_over_seeds, main, seed_figures
 
 
 def _results(folder: Path, seed: int, directions: dict) -> Path:
@@ -55,3 +55,26 @@ def test_seeds_merge_across_folders_and_a_loss_beyond_the_tolerance_fails(tmp_pa
     ]
     assert main(["--old", *map(str, old), "--new", str(worse[0])]) == 1
     assert "everywhere: no" in capsys.readouterr().out
+
+
+def test_means_over_seeds_hold_where_one_unlucky_seed_does_not(tmp_path):
+    old = seed_figures(
+        [_results(tmp_path / "old", 0, {"PDw->T1": _with_seeds([0.70, 0.71], [20.0, 20.1])})]
+    )
+    # seed 1 loses beyond the tolerance, seed 0 gains more: the means hold
+    lucky = seed_figures(
+        [_results(tmp_path / "new", 0, {"PDw->T1": _with_seeds([0.72, 0.70], [20.3, 19.9])})]
+    )
+    assert not compare(old, lucky)[1]
+    rows, holds = compare_over_seeds(old, lucky)
+    assert holds
+    assert rows[2:] == [
+        "| PDw->T1 | 2 | ssim_tar | 0.705 (0.700-0.710) | 0.710 (0.700-0.720) | +0.005 | yes |",
+        "| PDw->T1 | 2 | psnr | 20.050 (20.000-20.100) | 20.100 (19.900-20.300) | +0.050 | yes |",
+    ]
+    # both seeds a little lower: the mean SSIM falls 0.010, beyond the tolerance
+    lower = seed_figures(
+        [_results(tmp_path / "low", 0, {"PDw->T1": _with_seeds([0.69, 0.70], [20.0, 20.1])})]
+    )
+    rows, holds = compare_over_seeds(old, lower)
+    assert not holds and "**no**" in rows[2] and rows[3].endswith("| yes |")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import itertools
 import json
+import math
 import shutil
 
 import numpy as np
@@ -19,7 +21,7 @@ from midiffusion.diffusion.schedules import DDPMSchedule, ve_to_vp
 from midiffusion.training.checkpoint import CHECKPOINT
 from midiffusion.training.config import TrainConfig
 from midiffusion.training.data import load_training_slices
-from midiffusion.training.trainer import Trainer
+from midiffusion.training.trainer import LOSS_LOG, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +306,75 @@ def test_distilling_runs_draw_their_noise_levels_mostly_inside_the_guidance_wind
     assert int(t.min()) < 100 and int(t.max()) == schedule.num_timesteps - 1
     only = distill_timesteps(schedule, 2000, 3.0, 1.0, gen)
     assert bool((schedule.sigmas[only] >= 3.0).all())
+
+
+def test_sampler_states_are_the_states_the_guided_sampler_visits(
+    data, tiny_model_store, monkeypatch
+):
+    """Each step's state and condition as ``LMIGuidedDenoiser`` under Euler ancestral meets
+    them, step-major, with the teacher's two predictions there."""
+    from midiffusion.diffusion.samplers import sample_euler_ancestral
+    from midiffusion.training.distill import sampler_states
+
+    monkeypatch.setenv("MIDIFF_MODEL_DIR", str(tiny_model_store.root))
+    teacher = _teacher().eval()
+    spec = ConditioningSpec.from_dict(TrainConfig.load("tiny").conditioning)
+    schedule = DDPMSchedule()
+    src = torch.from_numpy(data[:3]).unsqueeze(1)
+    x_vp, t, cond, sigma, eps_c, eps_u = sampler_states(
+        teacher,
+        schedule,
+        spec,
+        src,
+        spec.self_map(src),
+        4,
+        3.0,
+        2.0,
+        "fp32",
+        torch.Generator().manual_seed(7),
+    )
+    sigmas = schedule.sampling_sigmas(4).float()
+    assert x_vp.shape == (12, 1, *src.shape[2:]) and cond.shape == (12, 2, *src.shape[2:])
+    torch.testing.assert_close(sigma, sigmas[:-1].repeat_interleave(3))
+
+    visited = []
+    gen = torch.Generator().manual_seed(7)
+    denoiser = LMIGuidedDenoiser(
+        teacher, schedule, spec, src, 3.0, clip=True, precision="fp32", guidance_sigma_min=2.0
+    )
+    x = torch.randn(src.shape, generator=gen) * sigmas[0]
+    visited.append(x)
+    sample_euler_ancestral(
+        denoiser, x, sigmas, callback=lambda i, n, x, d: visited.append(x), generator=gen
+    )
+    for step in range(4):
+        rows = slice(3 * step, 3 * step + 3)
+        want = ve_to_vp(visited[step], sigmas[step])
+        torch.testing.assert_close(x_vp[rows], want, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        on = torch.ones(12, dtype=torch.bool)
+        torch.testing.assert_close(eps_c, teacher(x_vp, t, cond, on), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(eps_u, teacher(x_vp, t, cond, ~on), atol=1e-4, rtol=1e-4)
+
+
+def test_a_sampler_state_run_trains_and_resumes(
+    data, tiny_model_store, tiny_training_set, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("MIDIFF_MODEL_DIR", str(tiny_model_store.root))
+    config = dataclasses.replace(_distilling(), distill_states="sampler", distill_steps=3)
+    config.iterations, config.batch_size = 16, 2  # the teacher, tiny:1, is at step 10
+    config.log_every = 1
+    path = tmp_path / "visited.json"
+    path.write_text(json.dumps(dataclasses.asdict(config)))
+    out = tmp_path / "run"
+    run = ["train", "--data", str(tiny_training_set), "--config", str(path), "--out", str(out)]
+    assert main([*run, "--iterations", "13"]) == 0
+    assert main(run) == 0
+    student = Trainer(config, data, out, teacher=_teacher())
+    assert student.resume() and student.step == 16
+    losses = [float(r["loss"]) for r in csv.DictReader((out / LOSS_LOG).open())]
+    assert losses and all(math.isfinite(v) and v > 0 for v in losses)
+    with pytest.raises(ValueError, match="whole slices"):
+        dataclasses.replace(config, crop=32)
+    with pytest.raises(ValueError, match="accepted: forward, sampler"):
+        dataclasses.replace(config, distill_states="ode")

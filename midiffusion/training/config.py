@@ -14,6 +14,7 @@ from midiffusion.diffusion.conditioning import ConditioningSpec
 from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.lmi import LMISettings
 from midiffusion.model.unet import UNetConfig
+from midiffusion.training.distill import DISTILL_STATES
 
 
 @dataclass
@@ -52,6 +53,11 @@ class TrainConfig:
     # below it the target is the teacher's plain prediction, which a student that starts as
     # its teacher already gives
     distill_window_share: float = 0.75
+    # where a distilling batch's states come from (distill.DISTILL_STATES): "forward", training
+    # slices noised to random levels; "sampler", every state the teacher's guided
+    # ``distill_steps``-step sampler visits, so a batch holds batch_size x distill_steps items
+    distill_states: str = "forward"
+    distill_steps: int = 4
     iterations: int = 20000
     checkpoint_every: int = 100
     log_every: int = 10
@@ -78,6 +84,17 @@ class TrainConfig:
             raise ValueError("distill_guidance needs a teacher (a stored model, name:version)")
         if self.teacher and self.distill_guidance <= 0:
             raise ValueError("a teacher needs distill_guidance > 0 (the guidance it distils)")
+        if self.distill_states not in DISTILL_STATES:
+            raise ValueError(
+                f"distill_states {self.distill_states!r}; accepted: {', '.join(DISTILL_STATES)}"
+            )
+        if self.distill_states == "sampler" and (not self.teacher or self.crop):
+            raise ValueError(
+                "distill_states 'sampler' needs a teacher and whole slices (crop 0): the "
+                "teacher samples them"
+            )
+        if self.distill_steps < 1:
+            raise ValueError(f"distill_steps must be at least 1, got {self.distill_steps}")
 
 
 PRESETS: dict[str, dict] = {

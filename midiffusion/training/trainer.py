@@ -5,7 +5,8 @@ the VE state ``x = y0 + sigma * eps``; compute the condition with the model's ow
 ``ConditioningSpec`` (the very function the sampler calls: cross-LMI of y0 against the state as
 LMI sees it, and the self-LMI of y0, banked once per slice since flips commute with LMI); drop the
 condition for ``cond_dropout`` of the batch; regress epsilon, or, when the config names a
-teacher, the teacher's guided prediction (``midiffusion.training.distill``).
+teacher, the teacher's guided prediction (``midiffusion.training.distill``), on those states or
+on the states the teacher's own sampler visits (``distill_states``).
 
 Differences from the published recipe, on purpose: data in [-1,1]; no blur
 augmentation; no time-delay trick (sampling has none either); per-pixel mean instead of a sum;
@@ -34,7 +35,12 @@ from midiffusion.model.unet import UNet, UNetConfig
 from midiffusion.pipeline.precision import network_autocast, resolve_precision
 from midiffusion.training import augment, checkpoint
 from midiffusion.training.config import TrainConfig
-from midiffusion.training.distill import distill_timesteps, guided_targets
+from midiffusion.training.distill import (
+    distill_timesteps,
+    guided_targets,
+    mixed_targets,
+    sampler_states,
+)
 
 LOSS_LOG = "loss.csv"
 
@@ -157,6 +163,25 @@ class Trainer:
         cfg = self.config
         for group in self.opt.param_groups:
             group["lr"] = self.learning_rate(self.step)
+        if self.teacher is not None and cfg.distill_states == "sampler":
+            x_vp, t, cond, keep, target = self._sampler_batch()
+        else:
+            x_vp, t, cond, keep, target = self._noised_batch()
+        with network_autocast(self.precision, self.device):
+            pred = self.net(x_vp, t.float(), cond, keep)
+        loss = F.mse_loss(pred.float(), target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        self._update_ema()
+        return loss.item()
+
+    def _noised_batch(self) -> tuple[torch.Tensor, ...]:
+        """(x_vp, t, cond, keep, target): training slices noised to drawn levels; the target is
+        the noise, or a distilling run's teacher's prediction there."""
+        cfg = self.config
         y01, src01, self_map = self._batch()
         t = self._timesteps()
         eps = torch.randn(y01.shape, generator=self.gen)
@@ -182,16 +207,31 @@ class Trainer:
                 cfg.distill_sigma_min,
                 self.precision,
             )
-        with network_autocast(self.precision, self.device):
-            pred = self.net(x_vp, t.float(), cond, keep)
-        loss = F.mse_loss(pred.float(), target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self.step += 1
-        self._update_ema()
-        return loss.item()
+        return x_vp, t, cond, keep, target
+
+    def _sampler_batch(self) -> tuple[torch.Tensor, ...]:
+        """(x_vp, t, cond, keep, target): the states the teacher's sampler visits for a batch of
+        sources (``distill.sampler_states``), with the teacher's targets there."""
+        cfg = self.config
+        assert self.teacher is not None
+        _, src01, self_map = self._batch()
+        x_vp, t, cond, sigma, eps_c, eps_u = sampler_states(
+            self.teacher,
+            self.schedule,
+            self.spec,
+            src01.to(self.device),
+            self_map.to(self.device),
+            cfg.distill_steps,
+            cfg.distill_guidance,
+            cfg.distill_sigma_min,
+            self.precision,
+            self.gen,
+        )
+        keep = (torch.rand(len(x_vp), generator=self.gen) >= cfg.cond_dropout).to(self.device)
+        target = mixed_targets(
+            eps_c, eps_u, keep, sigma, cfg.distill_guidance, cfg.distill_sigma_min
+        )
+        return x_vp, t, cond, keep, target
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from midiffusion.lmi import local_mutual_information
+from midiffusion.lmi import LMISettings, SourceLMI, local_mutual_information
 from midiffusion.lmi.clean import auto_bandwidth
 
 
@@ -209,3 +209,37 @@ def test_clean_is_safe_on_extreme_values():
         assert float(sim.min()) >= 0.0 and float(sim.max()) <= 1.0
     sim = local_mutual_information(source, target, bandwidth=1e-3).similarity
     assert bool(torch.isfinite(sim).all()) and float(sim.max()) <= 1.0
+
+
+def test_pair_kernels_match_their_definition_at_full_size():
+    # _pair_g evaluates each distinct sample vector once and slices it per pair; the definition
+    # takes every pair's two samples directly. Full-size images, so that edges and strides of
+    # the shared planes are exercised as in sampling.
+    from midiffusion.lmi.clean import _pair_g, _pairs
+
+    gen = torch.Generator().manual_seed(5)
+    for p in (3, 5):
+        padded = torch.rand(3, 1, 128 + p - 1, 96 + p - 1, generator=gen)
+        h = torch.tensor([0.05, 0.1, 0.3]).view(-1, 1, 1, 1)
+        offsets, first, second = _pairs(p)
+        samples = [padded[:, 0, a : a + 128, b : b + 96] for a, b in offsets]
+        diff = torch.stack(
+            [samples[n] - samples[m] for n, m in zip(first, second, strict=True)], dim=1
+        )
+        expected = -torch.expm1(diff.square() * (-0.5 / h**2))  # the estimator's own rounding
+        assert torch.equal(_pair_g(padded, h, 128, 96, p), expected)
+
+
+def test_source_lmi_reused_for_many_targets_gives_fresh_results():
+    # The sampler's case: one source, a new target at every step. Nothing a call does may change
+    # the source's cached half (several batch chunks at this size).
+    gen = torch.Generator().manual_seed(6)
+    source = torch.rand(8, 1, 128, 128, generator=gen)
+    targets = [torch.rand(8, 1, 128, 128, generator=gen), source.flip(-1), source]
+    lmi = SourceLMI(source, LMISettings())
+    first = [lmi(t) for t in targets]
+    again = [lmi(t) for t in reversed(targets)][::-1]
+    for a, b, t in zip(first, again, targets, strict=True):
+        fresh = local_mutual_information(source, t)
+        assert torch.equal(a.similarity, fresh.similarity) and torch.equal(a.aligned, fresh.aligned)
+        assert torch.equal(b.similarity, a.similarity) and torch.equal(b.aligned, a.aligned)

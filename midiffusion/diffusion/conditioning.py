@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from midiffusion.lmi import LMISettings, local_mutual_information
+from midiffusion.lmi import LMISettings, SourceLMI, local_mutual_information
 
 STATES = ("range_consistent", "raw_vp")
 
@@ -66,15 +66,21 @@ class ConditioningSpec:
             return self.to_unit(x_ve)
         return x_ve / (1 + sigma.reshape(-1, 1, 1, 1) ** 2).sqrt()  # VP state, unclipped
 
+    def source_lmi(self, source01: torch.Tensor) -> SourceLMI:
+        """LMI against ``source01`` with this spec's settings, its source half computed once."""
+        return SourceLMI(source01, self.lmi)
+
     def condition(
         self,
-        source01: torch.Tensor,
+        source01: torch.Tensor | SourceLMI,
         x_ve: torch.Tensor,
         sigma: torch.Tensor,
         self_map: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B,2,H,W) condition for VE state ``x_ve``; ``self_map`` may be cached by the caller."""
+        """(B,2,H,W) condition for VE state ``x_ve``. A caller that conditions on one source at
+        many steps passes it as :meth:`source_lmi` and caches ``self_map``."""
+        lmi = source01 if isinstance(source01, SourceLMI) else self.source_lmi(source01)
         if self_map is None:
-            self_map = self.self_map(source01)
-        cross = self.lmi_map(source01, self.state_image(x_ve, sigma))
+            self_map = lmi(lmi.source).similarity
+        cross = lmi(self.state_image(x_ve, sigma)).similarity
         return torch.cat([cross, self_map], dim=1)

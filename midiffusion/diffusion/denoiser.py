@@ -25,6 +25,7 @@ import torch
 
 from midiffusion.diffusion.conditioning import ConditioningSpec
 from midiffusion.diffusion.schedules import DDPMSchedule, ve_to_vp
+from midiffusion.lmi import SourceLMI
 from midiffusion.model.unet import UNet
 from midiffusion.pipeline.precision import network_autocast
 
@@ -78,17 +79,20 @@ class LMIGuidedDenoiser:
         self.net, self.schedule, self.spec, self.guidance = net, schedule, spec, float(guidance)
         self.guidance_sigma_min = float(guidance_sigma_min)
         self.clip, self.precision = clip, precision
-        self.source01 = source01
-        self.self_map = spec.self_map(source01) if source01 is not None else None
+        self.source_lmi: SourceLMI | None = None
+        self.self_map: torch.Tensor | None = None
+        if source01 is not None:  # reused at every step: the source's half of LMI, its self-map
+            self.source_lmi = spec.source_lmi(source01)
+            self.self_map = self.source_lmi(source01).similarity
 
     def eps(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         t = self.schedule.sigma_to_t(sigma.detach().cpu()).to(x_ve.device, x_ve.dtype)
         x_vp = ve_to_vp(x_ve, sigma.reshape(-1, 1, 1, 1))
         b = x_ve.shape[0]
-        if self.source01 is None or self.guidance == 0:
+        if self.source_lmi is None or self.guidance == 0:
             zeros = x_ve.new_zeros(b, 2, *x_ve.shape[2:])
             return self._net(x_vp, t, zeros, torch.zeros(b, dtype=torch.bool, device=x_ve.device))
-        cond = self.spec.condition(self.source01, x_ve, sigma, self.self_map)
+        cond = self.spec.condition(self.source_lmi, x_ve, sigma, self.self_map)
         # every item of a sampler's batch is at the same noise level
         if self.guidance == 1 or float(sigma.reshape(-1)[0]) < self.guidance_sigma_min:
             return self._net(x_vp, t, cond)

@@ -1,7 +1,8 @@
 """Local-wise mutual information: the public API (``api``) and its two operators.
 
 ``clean`` is the project's differentiable LMI, ``faithful`` the published operator bit for bit;
-callers use :func:`local_mutual_information` and :class:`LMISettings`, which pick between them.
+callers use :func:`local_mutual_information` and :class:`LMISettings`, which pick between them,
+or :class:`SourceLMI` to compare one source with many targets.
 """
 
 from midiffusion.lmi.api import (
@@ -10,6 +11,7 @@ from midiffusion.lmi.api import (
     LMIResult,
     LMISettings,
     Mode,
+    SourceLMI,
     local_mutual_information,
 )
 
@@ -19,5 +21,6 @@ __all__ = [
     "LMIResult",
     "LMISettings",
     "Mode",
+    "SourceLMI",
     "local_mutual_information",
 ]

@@ -91,7 +91,7 @@ def local_mutual_information(
     ``bins`` only applies to faithful mode (default p^3, as published).
     Returns :class:`LMIResult` with ``aligned`` and ``similarity`` shaped like the inputs.
     """
-    _validate_settings(
+    settings = LMISettings(
         mode=mode,
         patch_size=patch_size,
         search_radius=search_radius,
@@ -99,32 +99,54 @@ def local_mutual_information(
         bandwidth=bandwidth,
         normalized=normalized,
     )
-    _validate_images(source, target)
-    if mode == "clean":
-        from midiffusion.lmi.clean import clean_lmi
+    _validate_images(source, target)  # before any work on the source
+    return SourceLMI(source, settings)(target)
 
-        return LMIResult(
-            *clean_lmi(
+
+class SourceLMI:
+    """LMI against one fixed source, for many targets: ``SourceLMI(s, settings)(x)`` is
+    ``local_mutual_information(s, x, **settings.to_dict())``.
+
+    In clean mode the source's half of the work (its bandwidth, pair kernels and entropies) is
+    done once, here, which is what a sampler comparing one source with a new state at every step
+    needs. Faithful mode has nothing to share and recomputes everything per call.
+    """
+
+    def __init__(self, source: torch.Tensor, settings: LMISettings | None = None) -> None:
+        self.settings = settings or LMISettings()
+        _validate_image("source", source)
+        self.source = source
+        self._clean = None
+        if self.settings.mode == "clean":
+            from midiffusion.lmi.clean import CleanSource
+
+            s = self.settings
+            self._clean = CleanSource(
                 source,
+                patch_size=s.patch_size,
+                search_radius=s.search_radius,
+                bandwidth=s.bandwidth,
+                normalized=s.normalized,
+            )
+
+    def __call__(self, target: torch.Tensor) -> LMIResult:
+        """LMI of ``target`` (shaped like the source) against the source."""
+        _validate_images(self.source, target)
+        if self._clean is not None:
+            return LMIResult(*self._clean.against(target))
+        from midiffusion.lmi.faithful import faithful_lmi
+
+        s = self.settings
+        return LMIResult(
+            *faithful_lmi(
+                self.source,
                 target,
-                patch_size=patch_size,
-                search_radius=search_radius,
-                bandwidth=bandwidth,
-                normalized=normalized,
+                patch_size=s.patch_size,
+                bins=s.bins,
+                bandwidth=s.bandwidth,
+                normalized=s.normalized,
             )
         )
-    from midiffusion.lmi.faithful import faithful_lmi
-
-    return LMIResult(
-        *faithful_lmi(
-            source,
-            target,
-            patch_size=patch_size,
-            bins=bins,
-            bandwidth=bandwidth,
-            normalized=normalized,
-        )
-    )
 
 
 def _is_int(value: object) -> bool:
@@ -176,14 +198,7 @@ def _validate_settings(
 
 def _validate_images(source: object, target: object) -> None:
     for name, t in (("source", source), ("target", target)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.dim() != 4 or t.shape[1] != 1:
-            raise ValueError(f"{name} must be shaped B x 1 x H x W, got {tuple(t.shape)}")
-        if min(t.shape) < 1:
-            raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+        _validate_image(name, t)
     assert isinstance(source, torch.Tensor) and isinstance(target, torch.Tensor)
     if source.shape != target.shape:
         raise ValueError(
@@ -194,6 +209,16 @@ def _validate_images(source: object, target: object) -> None:
         raise ValueError(f"source is on {source.device} but target is on {target.device}")
     if source.dtype != target.dtype:
         raise ValueError(f"source is {source.dtype} but target is {target.dtype}; use one dtype")
-    for name, t in (("source", source), ("target", target)):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _validate_image(name: str, t: object) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() != 4 or t.shape[1] != 1:
+        raise ValueError(f"{name} must be shaped B x 1 x H x W, got {tuple(t.shape)}")
+    if min(t.shape) < 1:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")

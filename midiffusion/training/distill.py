@@ -105,12 +105,13 @@ def sampler_states(
     sampler itself does not need it) as the target of items whose condition is dropped."""
     sigmas = schedule.sampling_sigmas(steps).to(source01.device, torch.float32)
     clip = spec.state == "range_consistent"
+    lmi = spec.source_lmi(source01)
     records: list[tuple[torch.Tensor, ...]] = []
 
     def denoiser(x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         t = schedule.sigma_to_t(sigma.cpu()).to(x_ve.device, x_ve.dtype)
         x_vp = ve_to_vp(x_ve, sigma.view(-1, 1, 1, 1))
-        cond = spec.condition(source01, x_ve, sigma, self_map)
+        cond = spec.condition(lmi, x_ve, sigma, self_map)
         eps_c, eps_u = with_and_without_condition(teacher, x_vp, t, cond, precision)
         guided = float(sigma[0]) >= sigma_min
         eps = classifier_free(eps_c, eps_u, guidance) if guided else eps_c

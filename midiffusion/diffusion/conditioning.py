@@ -79,7 +79,9 @@ class ConditioningSpec:
     ) -> torch.Tensor:
         """(B,2,H,W) condition for VE state ``x_ve``. A caller that conditions on one source at
         many steps passes it as :meth:`source_lmi` and caches ``self_map``."""
-        lmi = source01 if isinstance(source01, SourceLMI) else self.source_lmi(source01)
+        lmi = source01
+        if not isinstance(lmi, SourceLMI):  # the source's half is kept only for a second use
+            lmi = SourceLMI(source01, self.lmi, keep=self_map is None)
         if self_map is None:
             self_map = lmi(lmi.source).similarity
         cross = lmi(self.state_image(x_ve, sigma)).similarity

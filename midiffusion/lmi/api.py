@@ -99,8 +99,8 @@ def local_mutual_information(
         bandwidth=bandwidth,
         normalized=normalized,
     )
-    _validate_images(source, target)  # before any work on the source
-    return SourceLMI(source, settings)(target)
+    _validate_images(source, target)
+    return SourceLMI(source, settings, keep=False)(target)
 
 
 class SourceLMI:
@@ -109,10 +109,13 @@ class SourceLMI:
 
     In clean mode the source's half of the work (its bandwidth, pair kernels and entropies) is
     done once, here, which is what a sampler comparing one source with a new state at every step
-    needs. Faithful mode has nothing to share and recomputes everything per call.
+    needs. Faithful mode has nothing to share and recomputes everything per call. ``keep=False``
+    (a single comparison) computes the source's half chunk by chunk instead of holding it all.
     """
 
-    def __init__(self, source: torch.Tensor, settings: LMISettings | None = None) -> None:
+    def __init__(
+        self, source: torch.Tensor, settings: LMISettings | None = None, *, keep: bool = True
+    ) -> None:
         self.settings = settings or LMISettings()
         _validate_image("source", source)
         self.source = source
@@ -127,6 +130,7 @@ class SourceLMI:
                 search_radius=s.search_radius,
                 bandwidth=s.bandwidth,
                 normalized=s.normalized,
+                keep=keep,
             )
 
     def __call__(self, target: torch.Tensor) -> LMIResult:

@@ -237,9 +237,11 @@ def _band(
 class CleanSource:
     """Clean-mode LMI against one fixed source (inputs already validated).
 
-    The source's half of the estimator (its bandwidth, pair kernels, row means and entropies) is
-    computed here once; every :meth:`against` call computes only the target's half and the
-    cross terms. A sampler compares the same source with a new state at every step.
+    With ``keep`` the source's half of the estimator (its bandwidth, pair kernels, row means and
+    entropies) is computed here, once, and every :meth:`against` call computes only the
+    target's half and the cross terms: a sampler compares one source with a new state at every
+    step. Without it each chunk's half is computed when needed and dropped, so that a single
+    comparison holds no more than one chunk's worth whatever the batch.
     """
 
     def __init__(
@@ -250,67 +252,59 @@ class CleanSource:
         search_radius: int,
         bandwidth: float | str | None,
         normalized: bool,
+        keep: bool = True,
     ) -> None:
-        self.shape = source.shape
         self.p, self.radius, self.bandwidth, self.normalized = (
             patch_size,
             search_radius,
             bandwidth,
             normalized,
         )
-        batch, _, height, width = source.shape
-        p, radius = patch_size, search_radius
-        r = (p - 1) // 2
-        self.inc_t = _incidence(p, source.dtype, source.device).t().contiguous()
+        batch, _, height, self.width = source.shape
+        r = (patch_size - 1) // 2
+        self.inc_t = _incidence(patch_size, source.dtype, source.device).t().contiguous()
         # Chunk over batch elements and row bands: the largest intermediate is pixels x pairs.
-        n_pairs = p * p * (p * p - 1) // 2
-        ext_w = width + 2 * radius
-        rows = max(1, _CHUNK_VALUES // (n_pairs * ext_w) - 2 * radius)
-        per_chunk = max(1, _CHUNK_VALUES // (n_pairs * ext_w * (height + 2 * radius)))
+        n_pairs = patch_size**2 * (patch_size**2 - 1) // 2
+        ext_w = self.width + 2 * search_radius
+        rows = max(1, _CHUNK_VALUES // (n_pairs * ext_w) - 2 * search_radius)
+        per_chunk = max(1, _CHUNK_VALUES // (n_pairs * ext_w * (height + 2 * search_radius)))
         self.chunks = [
-            (
-                b0,
-                min(batch, b0 + per_chunk),
-                [(y0, min(height, y0 + rows)) for y0 in range(0, height, rows)],
-            )
+            (b0, min(batch, b0 + per_chunk), y0, min(height, y0 + rows))
             for b0 in range(0, batch, per_chunk)
+            for y0 in range(0, height, rows)
         ]
-        h_src = _bandwidths(source, bandwidth)
-        src_pad = F.pad(source, (r, r, r, r))
-        self.stats = {
-            (b0, y0): _patch_stats(
-                src_pad[b0:b1, :, y0 : y1 + 2 * r], h_src[b0:b1], y1 - y0, width, p, self.inc_t
-            )
-            for b0, b1, bands in self.chunks
-            for y0, y1 in bands
-        }
+        self.h_src = _bandwidths(source, bandwidth)
+        self.src_pad = F.pad(source, (r, r, r, r))
+        self.kept = [self._source_stats(*chunk) for chunk in self.chunks] if keep else None
+
+    def _source_stats(self, b0: int, b1: int, y0: int, y1: int) -> _PatchStats:
+        r = (self.p - 1) // 2
+        band = self.src_pad[b0:b1, :, y0 : y1 + 2 * r]
+        return _patch_stats(band, self.h_src[b0:b1], y1 - y0, self.width, self.p, self.inc_t)
 
     def against(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(aligned, similarity) of ``target`` (shaped as the source), B x 1 x H x W each."""
         p, radius = self.p, self.radius
-        r = (p - 1) // 2
-        width = self.shape[-1]
+        halo = (p - 1) // 2 + radius
         h_tgt = _bandwidths(target, self.bandwidth)
-        tgt_pad = F.pad(target, (r + radius,) * 4)
-        aligned_parts, sim_parts = [], []
-        for b0, b1, bands in self.chunks:
-            band_al, band_sim = [], []
-            for y0, y1 in bands:
-                al, sim = _band(
-                    self.stats[b0, y0],
-                    tgt_pad[b0:b1, :, y0 : y1 + 2 * r + 2 * radius],
-                    h_tgt[b0:b1],
-                    y1 - y0,
-                    width,
-                    p,
-                    radius,
-                    self.normalized,
-                    self.inc_t,
-                )
-                band_al.append(al)
-                band_sim.append(sim)
-            aligned_parts.append(torch.cat(band_al, dim=1))
-            sim_parts.append(torch.cat(band_sim, dim=1))
-        aligned = torch.cat(aligned_parts, dim=0).unsqueeze(1)
-        similarity = torch.cat(sim_parts, dim=0).unsqueeze(1)
-        return aligned, similarity
+        tgt_pad = F.pad(target, (halo,) * 4)
+        aligned_rows: dict[int, list[torch.Tensor]] = {}
+        sim_rows: dict[int, list[torch.Tensor]] = {}
+        for i, (b0, b1, y0, y1) in enumerate(self.chunks):
+            src = self.kept[i] if self.kept is not None else self._source_stats(b0, b1, y0, y1)
+            al, sim = _band(
+                src,
+                tgt_pad[b0:b1, :, y0 : y1 + 2 * halo],
+                h_tgt[b0:b1],
+                y1 - y0,
+                self.width,
+                p,
+                radius,
+                self.normalized,
+                self.inc_t,
+            )
+            aligned_rows.setdefault(b0, []).append(al)
+            sim_rows.setdefault(b0, []).append(sim)
+        aligned = torch.cat([torch.cat(bands, dim=1) for bands in aligned_rows.values()])
+        similarity = torch.cat([torch.cat(bands, dim=1) for bands in sim_rows.values()])
+        return aligned.unsqueeze(1), similarity.unsqueeze(1)

@@ -99,7 +99,6 @@ def local_mutual_information(
         bandwidth=bandwidth,
         normalized=normalized,
     )
-    _validate_images(source, target)
     return SourceLMI(source, settings, keep=False)(target)
 
 
@@ -135,7 +134,8 @@ class SourceLMI:
 
     def __call__(self, target: torch.Tensor) -> LMIResult:
         """LMI of ``target`` (shaped like the source) against the source."""
-        _validate_images(self.source, target)
+        _validate_image("target", target)  # the source was checked once, when it was given
+        _validate_pair(self.source, target)
         if self._clean is not None:
             return LMIResult(*self._clean.against(target))
         from midiffusion.lmi.faithful import faithful_lmi
@@ -200,10 +200,7 @@ def _validate_settings(
         raise ValueError(f"bandwidth must be a positive finite float, got {bandwidth!r}")
 
 
-def _validate_images(source: object, target: object) -> None:
-    for name, t in (("source", source), ("target", target)):
-        _validate_image(name, t)
-    assert isinstance(source, torch.Tensor) and isinstance(target, torch.Tensor)
+def _validate_pair(source: torch.Tensor, target: torch.Tensor) -> None:
     if source.shape != target.shape:
         raise ValueError(
             f"source and target must have the same shape, got {tuple(source.shape)} "

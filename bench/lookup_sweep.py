@@ -17,6 +17,7 @@ import argparse
 
 from sampling_sweep import add_tuning_arguments, print_summary, score, tuning_cases
 
+from midiffusion.pipeline.intensity import input_kind
 from midiffusion.pipeline.source_lookup import apply_lookup
 
 
@@ -32,7 +33,7 @@ def main() -> None:
     scores: dict[float, dict[str, list[tuple[float, float]]]] = {w: {} for w in args.weights}
     for seed in args.seeds:
         for name, source, truth, mask, pixel_mm2 in cases:
-            sampled = t.translate_slices(source, seed=seed)
+            sampled = t.translate_slices(source, seed=seed, kind=input_kind(mask, pixel_mm2))
             for w in args.weights:
                 looked = apply_lookup(sampled, source, mask, w, args.bandwidth)
                 out = t.anchor(looked, mask, pixel_mm2)

@@ -32,6 +32,7 @@ from midiffusion.data.recipe import Recipe
 from midiffusion.data.sets import load_volumes
 from midiffusion.evaluation.directions import TUNING, direction_names, load_directions
 from midiffusion.evaluation.metrics import psnr, ssim
+from midiffusion.pipeline.intensity import input_kind
 from midiffusion.pipeline.translate import Translator
 from model_store import ModelStore
 
@@ -121,6 +122,7 @@ def main() -> None:
                     guidance=guidance,
                     guidance_sigma_min=sigma_min,
                     seed=seed,
+                    kind=input_kind(mask, pixel_mm2),
                 )
                 out = t.finish(raw, source, mask, pixel_mm2, lookup=args.lookup)
                 s, p = score(out, truth, mask)

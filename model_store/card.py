@@ -50,6 +50,7 @@ class NetworkSection(_Section):
     grid_size: int = Field(gt=0)
     dropout: float = Field(ge=0, lt=1)
     cond_channels: int = Field(ge=0)
+    kinds: int = Field(default=0, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

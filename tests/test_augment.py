@@ -64,7 +64,7 @@ def test_augmented_batches_condition_on_the_recontrasted_source(tmp_path) -> Non
     config.recontrast, config.spatial_aug = 1.0, 1.0
     trainer = Trainer(config, data, tmp_path)
     assert trainer.self_maps is None  # augmented slices need their self-LMI each step
-    y, src, self_map = trainer._batch()
+    y, src, self_map, _kind = trainer._batch()
     assert y.shape == src.shape == self_map.shape == (config.batch_size, 1, 32, 32)
     assert not torch.allclose(src, y)
     assert torch.allclose(self_map, trainer.spec.self_map(src))

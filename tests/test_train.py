@@ -44,7 +44,7 @@ def test_crop_training_sees_windows_and_rejects_bad_sizes(data, tmp_path):
     config = TrainConfig.load("tiny")
     config.crop = 16
     trainer = Trainer(config, data, tmp_path)
-    y, _src, self_map = trainer._batch()
+    y, _src, self_map, _kind = trainer._batch()
     assert y.shape == self_map.shape == (config.batch_size, 1, 16, 16)
     # each window is a real part of a training slice (or its mirror image)
     for window in y[:, 0].numpy():
@@ -73,7 +73,7 @@ def test_augmentation_mirrors_left_right_never_front_back(tmp_path):
     }
     seen = set()
     for _ in range(8):
-        y, _src, self_map = trainer._batch()
+        y, _src, self_map, _kind = trainer._batch()
         for image, smap in zip(y[:, 0].numpy(), self_map[:, 0], strict=True):
             kind, k = next(key for key, ref in refs.items() if np.array_equal(image, ref))
             seen.add(kind)
@@ -153,9 +153,9 @@ def test_training_and_sampling_build_identical_conditions(data, family, tmp_path
             super().__init__()
             self.net = net
 
-        def forward(self, x, t, cond, mask=None):
+        def forward(self, x, t, cond, mask=None, kind=None):
             seen["cond"] = cond
-            return self.net(x, t, cond, mask)
+            return self.net(x, t, cond, mask, kind)
 
     denoiser = LMIGuidedDenoiser(Spy(trainer.net), schedule, spec, y01, guidance=1.0)
     denoiser(x_ve, sigma)

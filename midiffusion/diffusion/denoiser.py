@@ -15,6 +15,9 @@ sampling an epsilon error of d becomes an x0 error of sigma * d (sigma up to 157
 the clamp a deterministic sampler carries that overshoot to a saturated result. The published
 sampler does not clip (its update is written in epsilon form), so faithful mode turns it off.
 
+``kind``: the input kind a network with kinds is told (``midiffusion.model.unet.kind_index``;
+0: not told), the same for every item and for both predictions of guidance.
+
 ``precision``: a resolved precision of ``midiffusion.pipeline.precision``; only the network call
 is autocast.
 """
@@ -37,7 +40,12 @@ def classifier_free(eps_c: torch.Tensor, eps_u: torch.Tensor, guidance: float) -
 
 
 def with_and_without_condition(
-    net: UNet, x_vp: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, precision: str
+    net: UNet,
+    x_vp: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    precision: str,
+    kind: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's predictions with the condition and without it, in one batched call, in
     float32. The unconditional prediction sees the state and the timestep alone (the network
@@ -59,9 +67,15 @@ def with_and_without_condition(
             torch.cat([t, steps]),
             torch.cat([cond, cond.new_zeros(u, *cond.shape[1:])]),
             mask.to(x_vp.device),
+            kinds(kind, b + u, x_vp.device),
         ).float()
     eps_c, eps_u = out[:b], out[b:]
     return eps_c, eps_u if inverse is None else eps_u[inverse]
+
+
+def kinds(kind: int, n: int, device: torch.device) -> torch.Tensor:
+    """``kind`` for each of ``n`` batch items, as the network takes it."""
+    return torch.full((n,), kind, dtype=torch.long, device=device)
 
 
 class LMIGuidedDenoiser:
@@ -75,8 +89,10 @@ class LMIGuidedDenoiser:
         clip: bool = True,
         precision: str = "fp32",
         guidance_sigma_min: float = 0.0,
+        kind: int = 0,
     ) -> None:
         self.net, self.schedule, self.spec, self.guidance = net, schedule, spec, float(guidance)
+        self.kind = kind
         self.guidance_sigma_min = float(guidance_sigma_min)
         self.clip, self.precision = clip, precision
         self.source_lmi: SourceLMI | None = None
@@ -96,12 +112,21 @@ class LMIGuidedDenoiser:
         # every item of a sampler's batch is at the same noise level
         if self.guidance == 1 or float(sigma.reshape(-1)[0]) < self.guidance_sigma_min:
             return self._net(x_vp, t, cond)
-        eps_c, eps_u = with_and_without_condition(self.net, x_vp, t, cond, self.precision)
+        eps_c, eps_u = with_and_without_condition(
+            self.net, x_vp, t, cond, self.precision, self.kind
+        )
         return classifier_free(eps_c, eps_u, self.guidance)
 
-    def _net(self, *inputs: torch.Tensor) -> torch.Tensor:
-        with network_autocast(self.precision, inputs[0].device):
-            return self.net(*inputs).float()
+    def _net(
+        self,
+        x_vp: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        cond_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        with network_autocast(self.precision, x_vp.device):
+            kind = kinds(self.kind, len(x_vp), x_vp.device)
+            return self.net(x_vp, t, cond, cond_mask, kind).float()
 
     def __call__(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         denoised = x_ve - sigma.reshape(-1, 1, 1, 1) * self.eps(x_ve, sigma)

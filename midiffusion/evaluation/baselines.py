@@ -105,8 +105,10 @@ def sdedit(
     sampler: str | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    kind: str | None = None,
 ) -> np.ndarray:
-    """SDEdit translation of (N, G, G) grid slices in [0,1] with a ``Translator``'s network.
+    """SDEdit translation of (N, G, G) grid slices in [0,1] with a ``Translator``'s network,
+    told the slices' input ``kind`` where it takes one.
 
     Uses the same seeded initial noise as ``Translator.translate_slices`` (one field shared by
     every slice), scaled to sigma(t0) and added to the source, and the same shared step noise
@@ -119,7 +121,7 @@ def sdedit(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     grid = source01.shape[-1]
     noise = torch.randn(1, 1, grid, grid, generator=gen).to(device)
-    denoiser = translator.denoiser(None, 0.0)
+    denoiser = translator.denoiser(None, 0.0, kind=kind)
 
     n = source01.shape[0]
     batch_size = int(batch_size or (32 if device.type == "cuda" else 8))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from midiffusion.evaluation import baselines
 from midiffusion.evaluation.directions import Direction
 from midiffusion.evaluation.results import MethodResult
-from midiffusion.pipeline.intensity import anchor_for
+from midiffusion.pipeline.intensity import anchor_for, input_kind
 from model_store.card import FAITHFUL_SAMPLING
 
 if TYPE_CHECKING:
@@ -83,6 +83,11 @@ def _common(s: EvalSettings) -> dict[str, Any]:
     return {"seed": s.seed, "batch_size": s.batch_size}
 
 
+def _kind(d: Direction) -> str:
+    """The direction's input kind, judged as a translated volume's is."""
+    return input_kind(d.mask, d.pixel_mm2)
+
+
 def _midiffusion(ctx: MethodContext, d: Direction) -> Rows:
     s, translator = ctx.settings, ctx.translator
     bar = ProgressBar(f"{d.name} midiffusion", ctx.progress)
@@ -102,6 +107,7 @@ def _midiffusion(ctx: MethodContext, d: Direction) -> Rows:
                     samples=s.samples,
                     antithetic=s.antithetic,
                     progress=bar,
+                    kind=_kind(d),
                     **_common(s),
                 ),
                 source,
@@ -163,6 +169,7 @@ def _sdedit(ctx: MethodContext, d: Direction) -> Rows:
                 steps=s.sdedit_steps,
                 sampler=s.sampler,
                 progress=bar,
+                kind=_kind(d),
                 **_common(s),
             )
         ),

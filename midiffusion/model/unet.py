@@ -8,6 +8,13 @@ enter the network, only its LMI maps: that is what makes the prior modality-agno
 Condition dropout: ``cond_mask`` marks which batch items are conditioned. Unconditioned items get
 zero LMI channels plus a learned "no condition" embedding, so one network serves conditional
 sampling, classifier-free guidance and the unconditional SDEdit baseline.
+
+Input kind: a network with ``kinds`` > 0 is also told what it is looking at (``INPUT_KINDS``:
+a skull-stripped brain or a whole head) through a learned embedding added to the timestep's.
+Whether a scalp surrounds a slice is a fact about the whole image that a small U-Net cannot see
+from any one patch, yet it sets the brain's grey level: in a head scaled to its bright fat, white
+matter is about 0.6; in a stripped brain scaled to itself, about 1. Kind 0 means "not told"; the
+network is trained with the kind dropped now and then, so it serves callers that do not know.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class UNetConfig:
     grid_size: int = 128  # the grid the attention resolutions refer to
     dropout: float = 0.1
     cond_channels: int = 2  # cross-LMI and self-LMI
+    kinds: int = 0  # input kinds the network can be told (INPUT_KINDS[:kinds]); 0: none
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -43,6 +51,19 @@ class UNetConfig:
         d["channel_mults"] = tuple(d["channel_mults"])
         d["attention_resolutions"] = tuple(d["attention_resolutions"])
         return cls(**d)
+
+
+# the kinds a network may be told, indexed from 1 (0: not told)
+INPUT_KINDS = ("brain", "head")
+
+
+def kind_index(kind: str | None) -> int:
+    """The index a network takes for ``kind`` (one of ``INPUT_KINDS``, or None: not told)."""
+    if kind is None:
+        return 0
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"input kind {kind!r}; accepted: {', '.join(INPUT_KINDS)}")
+    return INPUT_KINDS.index(kind) + 1
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -102,6 +123,13 @@ class UNet(nn.Module):
             nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.null_cond = nn.Parameter(torch.zeros(emb_dim))
+        if not 0 <= cfg.kinds <= len(INPUT_KINDS):
+            raise ValueError(f"kinds {cfg.kinds}: at most {len(INPUT_KINDS)} ({INPUT_KINDS})")
+        self.kind_emb: nn.Embedding | None = None
+        if cfg.kinds:
+            # zero rows: a warm start from a network without kinds begins as that network
+            self.kind_emb = nn.Embedding(cfg.kinds + 1, emb_dim)
+            nn.init.zeros_(self.kind_emb.weight)
         self.stem = nn.Conv2d(1 + cfg.cond_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -154,10 +182,14 @@ class UNet(nn.Module):
         t: torch.Tensor,
         cond: torch.Tensor,
         cond_mask: torch.Tensor | None = None,
+        kind: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B,1,H,W) noisy image (VP scale); t: (B,) timesteps; cond: (B,2,H,W) LMI maps;
-        cond_mask: (B,) bool, False = drop the condition for that item."""
+        cond_mask: (B,) bool, False = drop the condition for that item; kind: (B,) indices of
+        :func:`kind_index`, ignored by a network without kinds (None: not told)."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        if self.kind_emb is not None and kind is not None:
+            emb = emb + self.kind_emb(kind.to(emb.device))
         if cond_mask is not None:
             keep = cond_mask.to(x.dtype)
             cond = cond * keep[:, None, None, None]

@@ -41,6 +41,11 @@ def is_whole_head(mask: np.ndarray, pixel_mm2: float) -> bool:
     return largest * pixel_mm2 / 100.0 > HEAD_AREA_CM2
 
 
+def input_kind(mask: np.ndarray, pixel_mm2: float) -> str:
+    """A volume's kind as a network with input kinds is told it (``midiffusion.model.unet``)."""
+    return "head" if is_whole_head(mask, pixel_mm2) else "brain"
+
+
 def anchor_for(sampling: SamplingSection, mask: np.ndarray, pixel_mm2: float) -> float | None:
     """The card's anchor for this volume's kind; None where the card has none for it."""
     return sampling.anchor_mean_head if is_whole_head(mask, pixel_mm2) else sampling.anchor_mean

@@ -39,11 +39,12 @@ from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.diffusion.samplers import get_sampler, noise_source, shared_noise_for_draws
 from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.io.imaging import output_like
-from midiffusion.model.unet import UNet, UNetConfig
+from midiffusion.model.unet import UNet, UNetConfig, kind_index
 from midiffusion.pipeline.host_memory import keep_freed_memory
 from midiffusion.pipeline.intensity import (
     anchor_for,
     anchor_mean,
+    input_kind,
     is_whole_head,
 )
 from midiffusion.pipeline.precision import resolve_precision
@@ -354,9 +355,14 @@ class Translator:
         return cls(net, card, device, precision)
 
     def denoiser(
-        self, source01: torch.Tensor | None, guidance: float, guidance_sigma_min: float = 0.0
+        self,
+        source01: torch.Tensor | None,
+        guidance: float,
+        guidance_sigma_min: float = 0.0,
+        kind: str | None = None,
     ) -> LMIGuidedDenoiser:
-        """The model's denoiser for these sources (None: unconditional)."""
+        """The model's denoiser for these sources (None: unconditional) of input ``kind``
+        (``midiffusion.pipeline.intensity.input_kind``; None: not told)."""
         return LMIGuidedDenoiser(
             self.net,
             self.schedule,
@@ -366,6 +372,7 @@ class Translator:
             clip=self.clip_denoised,
             precision=self.precision,
             guidance_sigma_min=guidance_sigma_min,
+            kind=kind_index(kind),
         )
 
     # --- grid slices (used by translate() and by the evaluation) ------------------------------
@@ -387,11 +394,13 @@ class Translator:
         should_cancel: Callable[[], bool] | None = None,
         on_draws: DrawSink | None = None,
         step_seconds: Callable[[float], None] | None = None,
+        kind: str | None = None,
     ) -> np.ndarray:
         """Translate (N, G, G) slices in [0,1] on the model grid; returns (N, G, G) in [0,1].
 
         Settings left out come from the card's sampling defaults, or from its ``preset`` (e.g.
-        ``fast``) where one is named.
+        ``fast``) where one is named. ``kind``: what the slices are, for a network told input
+        kinds (``midiffusion.pipeline.intensity.input_kind``; None: not told).
 
         ``samples`` > 1 averages that many translations from different initial noises: an
         estimate of the posterior mean, which loses the sampler's invented fine texture (the
@@ -436,7 +445,7 @@ class Translator:
         step_started = 0.0  # set as each sampling run starts
         for idx, k in batches:
             src = torch.from_numpy(source01[idx.start : idx.stop, None]).to(self.device)
-            denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance, guidance_sigma_min)
+            denoiser = self.denoiser(src.repeat(k, 1, 1, 1), guidance, guidance_sigma_min, kind)
 
             def callback(_i: int, _total: int, _x: torch.Tensor, _d: torch.Tensor) -> None:
                 nonlocal done, step_started
@@ -577,7 +586,8 @@ class Translator:
         result = np.zeros_like(src)
         sampling_started = time.perf_counter()
         if len(keep):
-            sampled = self.translate_slices(src[keep], **options)
+            kind = input_kind(msk, plan.pixel_mm2)
+            sampled = self.translate_slices(src[keep], kind=kind, **options)
             result[keep] = self.finish(
                 sampled, src[keep], msk[keep], plan.pixel_mm2, lookup=lookup, anchor=anchor
             )

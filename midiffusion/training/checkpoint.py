@@ -6,7 +6,7 @@ where it stopped. Also the warm start from a stored model's weights.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,10 +91,14 @@ def resume(trainer: Trainer) -> bool:
     return True
 
 
-def _check_compatible(config: TrainConfig, card: ModelCard) -> None:
-    """Refuse a stored model whose network or conditioning differ from the run's."""
+def _check_compatible(config: TrainConfig, card: ModelCard, new_kinds: bool = False) -> None:
+    """Refuse a stored model whose network or conditioning differ from the run's; with
+    ``new_kinds``, a network without input kinds may start one that has them."""
     network = UNetConfig.from_dict(card.network.model_dump())
-    if network != UNetConfig.from_dict(config.network):
+    wanted = UNetConfig.from_dict(config.network)
+    if new_kinds and network.kinds == 0:
+        wanted = replace(wanted, kinds=0)
+    if network != wanted:
         raise ValueError(f"{card.name} v{card.version} has another network than this config")
     conditioning = ConditioningSpec.from_dict(card.conditioning.model_dump())
     if conditioning != ConditioningSpec.from_dict(config.conditioning):
@@ -112,9 +116,12 @@ def load_network(config: TrainConfig, card: ModelCard, weights: Path) -> UNet:
 def warm_start(trainer: Trainer, card: ModelCard, weights: Path) -> None:
     """Start from a stored model (its card and verified weights): the EMA weights become both the
     weights and the EMA; the step count and the compute used continue from the card's, so the
-    next card counts the whole history. Adam's moments start fresh."""
-    _check_compatible(trainer.config, card)
+    next card counts the whole history. Adam's moments start fresh. A network that gains input
+    kinds keeps its new embedding at zero, so it starts as the stored one."""
+    _check_compatible(trainer.config, card, new_kinds=True)
     state = load_file(str(weights))
+    if trainer.net.kind_emb is not None and "kind_emb.weight" not in state:
+        state["kind_emb.weight"] = torch.zeros_like(trainer.net.kind_emb.weight)
     trainer.net.load_state_dict(state)
     trainer.ema.load_state_dict(state)
     trainer.step = int(card.training.get("iterations", 0))

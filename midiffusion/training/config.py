@@ -43,6 +43,9 @@ class TrainConfig:
     # fraction of each batch conditioned on a randomly re-contrasted copy of the target instead
     # of the target itself (augment.recontrast): the prior learns LMI maps of other contrasts
     recontrast: float = 0.0
+    # a network with input kinds (UNetConfig.kinds) is told each slice's kind except for this
+    # fraction of a batch, so it also serves callers that do not know the kind
+    kind_dropout: float = 0.0
     # guidance distillation (midiffusion.training.distill): the network learns to give in one
     # pass what ``teacher`` (a stored model, "name:version") gives with classifier-free guidance
     # of weight ``distill_guidance`` at noise levels sigma >= ``distill_sigma_min`` (0: off)

@@ -8,13 +8,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from midiffusion.pipeline.intensity import input_kind
+
 MANIFEST = "manifest.json"
 
 
 def load_training_slices(data_dir: Path, grid: int) -> tuple[np.ndarray, dict]:
     """All axial slices (N, G, G) in [0,1] of the NIfTI volumes in ``data_dir`` (masks skipped),
-    plus the set's manifest when it has one. A built set of another kind than ``training`` (an
-    evaluation set) is refused; a plain folder of volumes without a manifest is accepted."""
+    plus a manifest: the files, their slice counts, each file's input kind (a whole head or a
+    brain, judged as inference judges a volume) and the set's own manifest when it has one. A
+    built set of another kind than ``training`` (an evaluation set) is refused; a plain folder of
+    volumes without a manifest is accepted."""
     files = sorted(
         p
         for p in Path(data_dir).iterdir()
@@ -35,17 +39,21 @@ def load_training_slices(data_dir: Path, grid: int) -> tuple[np.ndarray, dict]:
         raise ValueError(
             f"{data_dir}: no NIfTI volumes found (expected a built set, e.g. t1-train)"
         )
-    slices = []
+    slices, kinds = [], {}
     for f in files:
-        vol = np.asarray(nib.load(str(f)).dataobj, dtype=np.float32)
+        image = nib.load(str(f))
+        vol = np.asarray(image.dataobj, dtype=np.float32)
         if vol.ndim != 3 or vol.shape[:2] != (grid, grid):
             raise ValueError(f"{f}: shape {vol.shape}, expected ({grid}, {grid}, n) slices")
         slices.append(np.moveaxis(vol, 2, 0))
+        dx, dy = image.header.get_zooms()[:2]
+        kinds[f.name] = input_kind(slices[-1] > 0, float(dx * dy))
     data = np.clip(np.concatenate(slices), 0, 1)
     manifest = {
         "directory": str(data_dir),
         "files": [f.name for f in files],
         "per_file": {f.name: len(s) for f, s in zip(files, slices, strict=True)},
+        "kind_per_file": kinds,
         "slices": len(data),
         "manifest": manifest,
     }

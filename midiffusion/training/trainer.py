@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from midiffusion.diffusion.conditioning import ConditioningSpec
 from midiffusion.diffusion.schedules import DDPMSchedule, ve_to_vp
-from midiffusion.model.unet import UNet, UNetConfig
+from midiffusion.model.unet import UNet, UNetConfig, kind_index
 from midiffusion.pipeline.precision import network_autocast, resolve_precision
 from midiffusion.training import augment, checkpoint
 from midiffusion.training.config import TrainConfig
@@ -98,6 +98,9 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.data = torch.from_numpy(data).unsqueeze(1)
+        self.kinds = None  # each slice's input kind, for a network told kinds
+        if self.net.kind_emb is not None:
+            self.kinds = _slice_kinds(self.data_manifest, len(data))
         # without augmentation the self-LMI of every training slice is computed once (flips
         # commute with LMI); augmented slices and sources need theirs each step
         self.self_maps: torch.Tensor | None = None
@@ -108,11 +111,16 @@ class Trainer:
                 )
 
     # --- one step ---------------------------------------------------------------------------
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(target slices, their conditioning source, the source's self-LMI)."""
+    def _batch(self) -> tuple[torch.Tensor, ...]:
+        """(target slices, their conditioning source, the source's self-LMI, their input kinds
+        or None for a network without kinds)."""
         cfg = self.config
         n = cfg.batch_size
         idx = torch.randint(len(self.data), (n,), generator=self.gen)
+        kind = None
+        if self.kinds is not None:
+            told = torch.rand(n, generator=self.gen) >= cfg.kind_dropout
+            kind = self.kinds[idx] * told
         flip = torch.rand(n, generator=self.gen) < 0.5
         y = self.data[idx].clone()
         # mirror about the midline: axis -2 runs right-left (data/sets.py); axis -1 is anterior,
@@ -134,7 +142,7 @@ class Trainer:
         if cfg.crop:
             corners = torch.randint(cfg.grid_size - cfg.crop + 1, (n, 2), generator=self.gen)
             y, src, s = (_crop(v, corners.tolist(), cfg.crop) for v in (y, src, s))
-        return y, src, s
+        return y, src, s, kind
 
     def _timesteps(self) -> torch.Tensor:
         """Antithetic draw, as published: t and T-1-t in equal numbers; a distilling run draws
@@ -164,11 +172,11 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = self.learning_rate(self.step)
         if self.teacher is not None and cfg.distill_states == "sampler":
-            x_vp, t, cond, keep, target = self._sampler_batch()
+            x_vp, t, cond, keep, target, kind = self._sampler_batch()
         else:
-            x_vp, t, cond, keep, target = self._noised_batch()
+            x_vp, t, cond, keep, target, kind = self._noised_batch()
         with network_autocast(self.precision, self.device):
-            pred = self.net(x_vp, t.float(), cond, keep)
+            pred = self.net(x_vp, t.float(), cond, keep, kind)
         loss = F.mse_loss(pred.float(), target)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,10 +187,10 @@ class Trainer:
         return loss.item()
 
     def _noised_batch(self) -> tuple[torch.Tensor, ...]:
-        """(x_vp, t, cond, keep, target): training slices noised to drawn levels; the target is
-        the noise, or a distilling run's teacher's prediction there."""
+        """(x_vp, t, cond, keep, target, kind): training slices noised to drawn levels; the
+        target is the noise, or a distilling run's teacher's prediction there."""
         cfg = self.config
-        y01, src01, self_map = self._batch()
+        y01, src01, self_map, kind = self._batch()
         t = self._timesteps()
         eps = torch.randn(y01.shape, generator=self.gen)
         keep = torch.rand(cfg.batch_size, generator=self.gen) >= cfg.cond_dropout
@@ -207,14 +215,16 @@ class Trainer:
                 cfg.distill_sigma_min,
                 self.precision,
             )
-        return x_vp, t, cond, keep, target
+        return x_vp, t, cond, keep, target, kind
 
     def _sampler_batch(self) -> tuple[torch.Tensor, ...]:
-        """(x_vp, t, cond, keep, target): the states the teacher's sampler visits for a batch of
-        sources (``distill.sampler_states``), with the teacher's targets there."""
+        """(x_vp, t, cond, keep, target, kind): the states the teacher's sampler visits for a
+        batch of sources (``distill.sampler_states``), with the teacher's targets there."""
         cfg = self.config
         assert self.teacher is not None
-        _, src01, self_map = self._batch()
+        _, src01, self_map, kind = self._batch()
+        if kind is not None:
+            raise ValueError("distilling along the teacher's sampler does not support input kinds")
         x_vp, t, cond, sigma, eps_c, eps_u = sampler_states(
             self.teacher,
             self.schedule,
@@ -231,7 +241,7 @@ class Trainer:
         target = mixed_targets(
             eps_c, eps_u, keep, sigma, cfg.distill_guidance, cfg.distill_sigma_min
         )
-        return x_vp, t, cond, keep, target
+        return x_vp, t, cond, keep, target, None
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -291,6 +301,24 @@ class Trainer:
                     self.save()
         bar.close()
         plot_loss(log_path, self.out_dir / "loss.png")
+
+
+def _slice_kinds(manifest: dict, slices: int) -> torch.Tensor:
+    """Each training slice's input kind index (``kind_index``), from the data manifest's files
+    in order, their slice counts and their kinds (``training.data.load_training_slices``)."""
+    if "kind_per_file" not in manifest:
+        raise ValueError(
+            "this network is told input kinds, but the training data's manifest names none "
+            "(load the data with midiffusion.training.data.load_training_slices)"
+        )
+    kinds = [
+        kind_index(manifest["kind_per_file"][f])
+        for f in manifest["files"]
+        for _ in range(manifest["per_file"][f])
+    ]
+    if len(kinds) != slices:
+        raise ValueError(f"the manifest counts {len(kinds)} slices, the data holds {slices}")
+    return torch.tensor(kinds)
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -46,6 +46,8 @@ class TrainConfig:
     # a network with input kinds (UNetConfig.kinds) is told each slice's kind except for this
     # fraction of a batch, so it also serves callers that do not know the kind
     kind_dropout: float = 0.0
+    # the embedding's learning rate (0: lr), scheduled as lr is; a warm start adds it at zero
+    kind_lr: float = 0.0
     # guidance distillation (midiffusion.training.distill): the network learns to give in one
     # pass what ``teacher`` (a stored model, "name:version") gives with classifier-free guidance
     # of weight ``distill_guidance`` at noise levels sigma >= ``distill_sigma_min`` (0: off)

@@ -90,7 +90,7 @@ class Trainer:
         self.ema = UNet(UNetConfig.from_dict(config.network)).to(self.device).eval()
         self.ema.load_state_dict(self.net.state_dict())
         self.ema.requires_grad_(False)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.opt = torch.optim.Adam(_param_groups(self.net, config), lr=config.lr)
         self.schedule = DDPMSchedule.from_dict(config.schedule)
         self.spec = ConditioningSpec.from_dict(config.conditioning)
         self.sigmas = self.schedule.sigmas.float()
@@ -170,7 +170,7 @@ class Trainer:
     def train_step(self) -> float:
         cfg = self.config
         for group in self.opt.param_groups:
-            group["lr"] = self.learning_rate(self.step)
+            group["lr"] = self.learning_rate(self.step) * group["lr_scale"]
         if self.teacher is not None and cfg.distill_states == "sampler":
             x_vp, t, cond, keep, target, kind = self._sampler_batch()
         else:
@@ -301,6 +301,18 @@ class Trainer:
                     self.save()
         bar.close()
         plot_loss(log_path, self.out_dir / "loss.png")
+
+
+def _param_groups(net: UNet, config: TrainConfig) -> list[dict]:
+    """Adam's parameter groups, each with its share of the scheduled rate: the input-kind
+    embedding at ``kind_lr`` (it starts at zero in a warm start and has far to go), the rest at
+    ``lr``."""
+    kind = [] if net.kind_emb is None else list(net.kind_emb.parameters())
+    rest = [p for p in net.parameters() if all(p is not k for k in kind)]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if kind:
+        groups.append({"params": kind, "lr_scale": (config.kind_lr or config.lr) / config.lr})
+    return groups
 
 
 def _slice_kinds(manifest: dict, slices: int) -> torch.Tensor:

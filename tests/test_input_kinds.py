@@ -138,3 +138,18 @@ def _head_or_brain(directory, pixel_mm: float) -> str:
     path = directory / f"input_{pixel_mm:g}mm.nii.gz"
     _ellipse_volume(path, pixel_mm, slices=2)
     return str(path)
+
+
+def test_the_kind_embedding_learns_at_its_own_scheduled_rate(brains_and_heads):
+    data, manifest = load_training_slices(brains_and_heads, GRID)
+    config = _with_kinds(TrainConfig.load("tiny"))
+    config.kind_lr, config.lr_decay_from, config.lr_min = 20 * config.lr, 2, 0.0
+    trainer = Trainer(config, data, brains_and_heads / "run", manifest)
+    kind_params = {id(p) for p in trainer.net.kind_emb.parameters()}
+    rest, kind = trainer.opt.param_groups
+    assert {id(p) for p in kind["params"]} == kind_params
+    assert not kind_params & {id(p) for p in rest["params"]}
+    for _ in range(5):  # into the cosine decay: both rates fall together
+        trainer.train_step()
+        assert kind["lr"] == pytest.approx(20 * rest["lr"])
+    assert 0 < rest["lr"] < config.lr

@@ -1,6 +1,6 @@
 """What a whole-head slice loses when it is translated alone, on the tuning data only.
 
-    python bench/single_slice_context.py [--seeds 0 1] [--slices 8]
+    python bench/single_slice_context.py [--seeds 0 1] [--slices 8] [--version N]
 
 For each of ``head-tune``'s whole-head directions, every slice is scored (SSIM inside the mask,
 images rescaled as ``evaluate --single-slices`` does) four ways:
@@ -66,8 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--version", type=int, help="t1w version (default: the serving one)")
     args = parser.parse_args()
-    v = ModelStore().verified("t1w", None)
+    v = ModelStore().verified("t1w", args.version)
     t = Translator.load(v.card, v.weights_path, "cpu")
     heads, brains = head_cases(t.grid, args.slices), brain_cases(t.grid, args.slices)
     for label, cases in (("head", heads), ("brain", brains)):

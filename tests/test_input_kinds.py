@@ -153,3 +153,12 @@ def test_the_kind_embedding_learns_at_its_own_scheduled_rate(brains_and_heads):
         trainer.train_step()
         assert kind["lr"] == pytest.approx(20 * rest["lr"])
     assert 0 < rest["lr"] < config.lr
+
+
+def test_sampler_distillation_refuses_a_network_told_kinds(brains_and_heads):
+    data, manifest = load_training_slices(brains_and_heads, GRID)
+    config = _with_kinds(TrainConfig.load("tiny"))
+    config.teacher, config.distill_guidance, config.distill_states = "t1w:16", 2.0, "sampler"
+    teacher = UNet(UNetConfig.from_dict({**config.network, "kinds": 0}))
+    with pytest.raises(ValueError, match="does not tell input kinds"):
+        Trainer(config, data, brains_and_heads / "run", manifest, teacher=teacher)

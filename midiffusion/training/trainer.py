@@ -100,6 +100,8 @@ class Trainer:
         self.data = torch.from_numpy(data).unsqueeze(1)
         self.kinds = None  # each slice's input kind, for a network told kinds
         if self.net.kind_emb is not None:
+            if teacher is not None and config.distill_states == "sampler":
+                raise ValueError("distilling along the teacher's sampler does not tell input kinds")
             self.kinds = _slice_kinds(self.data_manifest, len(data))
         # without augmentation the self-LMI of every training slice is computed once (flips
         # commute with LMI); augmented slices and sources need theirs each step
@@ -170,7 +172,8 @@ class Trainer:
     def train_step(self) -> float:
         cfg = self.config
         for group in self.opt.param_groups:
-            group["lr"] = self.learning_rate(self.step) * group["lr_scale"]
+            # a checkpoint from before the groups had their own rates has no lr_scale
+            group["lr"] = self.learning_rate(self.step) * group.get("lr_scale", 1.0)
         if self.teacher is not None and cfg.distill_states == "sampler":
             x_vp, t, cond, keep, target, kind = self._sampler_batch()
         else:
@@ -222,9 +225,7 @@ class Trainer:
         batch of sources (``distill.sampler_states``), with the teacher's targets there."""
         cfg = self.config
         assert self.teacher is not None
-        _, src01, self_map, kind = self._batch()
-        if kind is not None:
-            raise ValueError("distilling along the teacher's sampler does not support input kinds")
+        _, src01, self_map, _ = self._batch()
         x_vp, t, cond, sigma, eps_c, eps_u = sampler_states(
             self.teacher,
             self.schedule,

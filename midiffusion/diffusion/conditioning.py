@@ -54,11 +54,8 @@ class ConditioningSpec:
         return ((x - lo) / (hi - lo)).clamp(0, 1)
 
     # --- the maps ----------------------------------------------------------------------------
-    def lmi_map(self, source01: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return local_mutual_information(source01, target, **self.lmi.to_dict()).similarity
-
     def self_map(self, source01: torch.Tensor) -> torch.Tensor:
-        return self.lmi_map(source01, source01)
+        return local_mutual_information(source01, source01, **self.lmi.to_dict()).similarity
 
     def state_image(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """What LMI compares the source with, for VE state ``x_ve`` at noise level ``sigma``."""

@@ -33,10 +33,11 @@ def main() -> None:
     scores: dict[float, dict[str, list[tuple[float, float]]]] = {w: {} for w in args.weights}
     for seed in args.seeds:
         for name, source, truth, mask, pixel_mm2 in cases:
-            sampled = t.translate_slices(source, seed=seed, kind=input_kind(mask, pixel_mm2))
+            kind = input_kind(mask, pixel_mm2)
+            sampled = t.translate_slices(source, seed=seed, kind=kind)
             for w in args.weights:
                 looked = apply_lookup(sampled, source, mask, w, args.bandwidth)
-                out = t.anchor(looked, mask, pixel_mm2)
+                out = t.anchor(looked, mask, kind)
                 scores[w].setdefault(name, []).append(score(out, truth, mask))
         print(f"seed {seed} done", flush=True)
     print_summary({f"weight {w:g}": directions for w, directions in scores.items()})

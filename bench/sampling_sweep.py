@@ -114,6 +114,7 @@ def main() -> None:
             started = time.perf_counter()
             cells = []
             for name, source, truth, mask, pixel_mm2 in cases:
+                kind = input_kind(mask, pixel_mm2)
                 raw = t.translate_slices(
                     source,
                     sampler=sampler,
@@ -122,9 +123,9 @@ def main() -> None:
                     guidance=guidance,
                     guidance_sigma_min=sigma_min,
                     seed=seed,
-                    kind=input_kind(mask, pixel_mm2),
+                    kind=kind,
                 )
-                out = t.finish(raw, source, mask, pixel_mm2, lookup=args.lookup)
+                out = t.finish(raw, source, mask, kind, lookup=args.lookup)
                 s, p = score(out, truth, mask)
                 scores.setdefault(config, {}).setdefault(name, []).append((s, p))
                 cells.append(f"{name} {s:.3f} / {p:.2f} dB")

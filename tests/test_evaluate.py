@@ -273,6 +273,7 @@ def test_a_finer_set_is_translated_at_the_model_grid_and_scored_at_its_own(
 ) -> None:
     from midiffusion.evaluation.directions import load_directions
     from midiffusion.evaluation.methods import METHODS, MethodContext
+    from midiffusion.pipeline.intensity import input_kind
     from midiffusion.pipeline.translate import Translator
 
     fine, coarse = load_directions(["head T2w->T1 @256", "head T2w->T1"], 2, data_root, GRID)
@@ -292,7 +293,8 @@ def test_a_finer_set_is_translated_at_the_model_grid_and_scored_at_its_own(
     source = fine.to_model_grid(fine.source)
     mask = fine.to_model_grid(fine.mask.astype(np.float32)) > 0.5
     sampled = ctx.translator.translate_slices(source, steps=2, seed=0)
-    at_model = ctx.translator.finish(sampled, source, mask, fine.pixel_mm2 * 4, anchor=False)
+    kind = input_kind(fine.mask, fine.pixel_mm2)
+    at_model = ctx.translator.finish(sampled, source, mask, kind, anchor=False)
     np.testing.assert_allclose(out, fine.from_model_grid(at_model) * fine.mask, atol=1e-6)
 
 

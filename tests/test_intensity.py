@@ -121,7 +121,7 @@ def test_every_input_is_anchored_unless_asked_not_to(tiny_model_store, image):
 
 
 def test_a_whole_head_is_told_from_a_stripped_brain_by_its_size() -> None:
-    from midiffusion.pipeline.intensity import HEAD_AREA_CM2, anchor_for, is_whole_head
+    from midiffusion.pipeline.intensity import HEAD_AREA_CM2, anchor_for, input_kind, is_whole_head
     from model_store.card import SamplingSection
 
     yy, xx = np.mgrid[:128, :128] - 63.5
@@ -133,7 +133,9 @@ def test_a_whole_head_is_told_from_a_stripped_brain_by_its_size() -> None:
     brain, head = ellipse(70, 85), ellipse(80, 100)  # 187 and 251 cm^2
     assert not is_whole_head(brain, pixel_mm2) and is_whole_head(head, pixel_mm2)
     assert np.pi * 80 * 100 / 100 > HEAD_AREA_CM2 > np.pi * 70 * 85 / 100
+    brain_kind, head_kind = input_kind(brain, pixel_mm2), input_kind(head, pixel_mm2)
+    assert (brain_kind, head_kind) == ("brain", "head")
     card = SamplingSection(anchor_mean=0.7, anchor_mean_head=0.4)
-    assert anchor_for(card, brain, pixel_mm2) == 0.7 and anchor_for(card, head, pixel_mm2) == 0.4
+    assert anchor_for(card, brain_kind) == 0.7 and anchor_for(card, head_kind) == 0.4
     only_brains = SamplingSection(anchor_mean=0.7)
-    assert anchor_for(only_brains, head, pixel_mm2) is None  # no head anchor: none
+    assert anchor_for(only_brains, head_kind) is None  # no head anchor: none

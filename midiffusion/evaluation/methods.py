@@ -89,7 +89,7 @@ def _kind(d: Direction) -> str:
 
 
 def _midiffusion(ctx: MethodContext, d: Direction) -> Rows:
-    s, translator = ctx.settings, ctx.translator
+    s, translator, kind = ctx.settings, ctx.translator, _kind(d)
     bar = ProgressBar(f"{d.name} midiffusion", ctx.progress)
     source = d.to_model_grid(d.source)
     mask = d.to_model_grid(d.mask.astype(np.float32)) > 0.5
@@ -107,18 +107,18 @@ def _midiffusion(ctx: MethodContext, d: Direction) -> Rows:
                     samples=s.samples,
                     antithetic=s.antithetic,
                     progress=bar,
-                    kind=_kind(d),
+                    kind=kind,
                     **_common(s),
                 ),
                 source,
                 mask,
-                d.pixel_mm2 * d.factor**2,
+                kind,
                 anchor=False,
             )
         ),
     )
     bar.close()
-    target = anchor_for(translator.sampling, d.mask, d.pixel_mm2)
+    target = anchor_for(translator.sampling, kind)
     if target is None:
         return {"midiffusion": (raw, result)}
     # the evaluated slices span the whole brain evenly, as the anchor assumes
@@ -128,7 +128,7 @@ def _midiffusion(ctx: MethodContext, d: Direction) -> Rows:
         anchor={"mean": target, "mean_before": before},
     )
     return {
-        "midiffusion": (translator.anchor(raw, d.mask, d.pixel_mm2), anchored),
+        "midiffusion": (translator.anchor(raw, d.mask, kind), anchored),
         "midiffusion-unanchored": (raw, result),
     }
 

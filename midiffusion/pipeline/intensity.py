@@ -42,13 +42,14 @@ def is_whole_head(mask: np.ndarray, pixel_mm2: float) -> bool:
 
 
 def input_kind(mask: np.ndarray, pixel_mm2: float) -> str:
-    """A volume's kind as a network with input kinds is told it (``midiffusion.model.unet``)."""
+    """A volume's kind, "head" or "brain": what a network with input kinds is told
+    (``midiffusion.model.unet``), and which anchor and lookup weight of the card apply."""
     return "head" if is_whole_head(mask, pixel_mm2) else "brain"
 
 
-def anchor_for(sampling: SamplingSection, mask: np.ndarray, pixel_mm2: float) -> float | None:
-    """The card's anchor for this volume's kind; None where the card has none for it."""
-    return sampling.anchor_mean_head if is_whole_head(mask, pixel_mm2) else sampling.anchor_mean
+def anchor_for(sampling: SamplingSection, kind: str) -> float | None:
+    """The card's anchor for a volume of this kind; None where the card has none for it."""
+    return sampling.anchor_mean_head if kind == "head" else sampling.anchor_mean
 
 
 def foreground_mean(slices01: np.ndarray) -> float:

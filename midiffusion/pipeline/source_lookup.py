@@ -28,18 +28,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from midiffusion.pipeline.intensity import is_whole_head
-
 if TYPE_CHECKING:
     from model_store.card import SamplingSection
 
 BINS = 1024  # source intensities are binned this finely before the kernel (1/1024 << bandwidth)
 
 
-def lookup_weight_for(sampling: SamplingSection, mask: np.ndarray, pixel_mm2: float) -> float:
-    """The card's lookup weight for this volume's kind (whole head or brain)."""
-    head = is_whole_head(mask, pixel_mm2)
-    return sampling.lookup_weight_head if head else sampling.lookup_weight
+def lookup_weight_for(sampling: SamplingSection, kind: str) -> float:
+    """The card's lookup weight for a volume of this kind ("head" or "brain",
+    ``midiffusion.pipeline.intensity.input_kind``)."""
+    return sampling.lookup_weight_head if kind == "head" else sampling.lookup_weight
 
 
 def source_lookup(

@@ -476,25 +476,25 @@ class Translator:
         sampled01: np.ndarray,
         source01: np.ndarray,
         mask: np.ndarray,
-        pixel_mm2: float,
+        kind: str,
         *,
         lookup: bool = True,
         anchor: bool = True,
     ) -> np.ndarray:
         """One volume's sampled slices (n, G, G) as the output: masked, read back through the
-        source with the card's lookup weight for the volume's kind (``lookup``;
+        source with the card's lookup weight for the volume's ``kind`` (``lookup``;
         ``midiffusion/pipeline/source_lookup.py``), then shifted to its anchor (``anchor``)."""
         out = np.where(mask, sampled01, 0.0).astype(np.float32)
         if lookup:
-            weight = lookup_weight_for(self.sampling, mask, pixel_mm2)
+            weight = lookup_weight_for(self.sampling, kind)
             out = apply_lookup(out, source01, mask, weight, self.sampling.lookup_bandwidth)
-        return self.anchor(out, mask, pixel_mm2) if anchor else out
+        return self.anchor(out, mask, kind) if anchor else out
 
-    def anchor(self, slices01: np.ndarray, mask: np.ndarray, pixel_mm2: float) -> np.ndarray:
-        """One volume's translated slices, shifted to the card's anchor for its kind (brain or
-        whole head, ``midiffusion/pipeline/intensity.py``) inside ``mask``; unchanged where the card
-        has no anchor for that kind. ``pixel_mm2``: the area of one grid pixel."""
-        target = anchor_for(self.sampling, mask, pixel_mm2)
+    def anchor(self, slices01: np.ndarray, mask: np.ndarray, kind: str) -> np.ndarray:
+        """One volume's translated slices, shifted inside ``mask`` to the card's anchor for the
+        volume's ``kind`` (brain or whole head, ``midiffusion/pipeline/intensity.py``);
+        unchanged where the card has no anchor for that kind."""
+        target = anchor_for(self.sampling, kind)
         return slices01 if target is None else anchor_mean(slices01, mask, target)
 
     # --- whole images -----------------------------------------------------------------------
@@ -589,7 +589,7 @@ class Translator:
             kind = input_kind(msk, plan.pixel_mm2)
             sampled = self.translate_slices(src[keep], kind=kind, **options)
             result[keep] = self.finish(
-                sampled, src[keep], msk[keep], plan.pixel_mm2, lookup=lookup, anchor=anchor
+                sampled, src[keep], msk[keep], kind, lookup=lookup, anchor=anchor
             )
         sample_seconds = time.perf_counter() - sampling_started
         result *= msk

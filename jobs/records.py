@@ -45,6 +45,7 @@ class JobSpec(BaseModel):
     input_voxel_size: list[float]
     idempotency_key: str | None = None  # the store key of the idempotency claim, if any
     preset: str | None = None  # a sampling preset of the model's card; None: its defaults
+    anatomy: str | None = None  # "brain" or "head", as the client said; None: judged by size
     # "nifti", or "dicom": the input is a zip of one series' instances (``jobs.dicom_intake``)
     input_kind: str = "nifti"
     dicom_study_uid: str | None = None

@@ -40,6 +40,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# what a network with input kinds is told it sees, indexed from 1 (0: not told)
+INPUT_KINDS = ("brain", "head")
+
+
 class NetworkSection(_Section):
     """``midiffusion.model.unet.UNetConfig.to_dict()``."""
 
@@ -50,7 +54,7 @@ class NetworkSection(_Section):
     grid_size: int = Field(gt=0)
     dropout: float = Field(ge=0, lt=1)
     cond_channels: int = Field(ge=0)
-    kinds: int = Field(default=0, ge=0)
+    kinds: int = Field(default=0, ge=0)  # how many of INPUT_KINDS the network can be told
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

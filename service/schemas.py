@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,9 @@ class TranslateParams(BaseModel):
     preset: str | None = Field(default=None, max_length=32)
     steps: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    # what the input shows; unset: judged by its size (a lone section from the top of a head
+    # is judged a brain)
+    anatomy: Literal["brain", "head"] | None = None
     # unset: dicom for a DICOM input, nifti for a NIfTI one
     output_format: OutputFormat | None = None
 
@@ -44,6 +47,7 @@ class JobParams(BaseModel):
     preset: str | None = None
     steps: int | None
     seed: int
+    anatomy: str | None = None
     output_format: OutputFormat
 
 
@@ -134,6 +138,7 @@ def job_out(job: JobRecord, *, now: float) -> JobOut:
             preset=spec.preset,
             steps=spec.steps,
             seed=spec.seed,
+            anatomy=spec.anatomy,
             output_format=OutputFormat(spec.output_format),
         ),
         input=JobInput(

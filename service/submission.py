@@ -119,6 +119,7 @@ def submit_stored(
     principal: str,
     idempotency_key: str | None = None,
     preset: str | None = None,
+    anatomy: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """Check, record and enqueue a job whose input is stored under ``stored.key`` (blocking:
     run it in a thread). Returns (job, replayed). The input is deleted when nothing is queued."""
@@ -138,6 +139,7 @@ def submit_stored(
             input_bytes=stored.size,
             idempotency_key=idempotency_key,
             preset=preset,
+            anatomy=anatomy,
             **_describe(ctx, stored, fmt),
         )
         try:

@@ -28,7 +28,7 @@ FILE_FIELD = "file"
 # A DICOM series may come as one `file` part per instance; a NIfTI is always one part.
 MAX_FILE_PARTS = 4096
 SNIFF_BYTES = 132  # enough to see a gzip, a zip, or DICOM's DICM after its 128-byte preamble
-TEXT_FIELDS = ("model", "preset", "steps", "seed", "output_format")
+TEXT_FIELDS = ("model", "preset", "steps", "seed", "anatomy", "output_format")
 MAX_TEXT_FIELD_BYTES = 256
 # A part's headers (Content-Disposition with the file name, Content-Type) are a few hundred
 # bytes; without a cap a client could make the gateway hold a whole upload's worth in memory.

@@ -132,6 +132,12 @@ def test_translation_tells_the_network_the_volumes_kind(tiny_model_store, tmp_pa
         seen.clear()
         t.translate(nib.load(_head_or_brain(tmp_path, pixel_mm)), steps=2)
         assert seen and {k for call in seen for k in call} == {kind_index(kind)}
+    # said by the caller, the kind is not judged: a brain-sized section from the top of a head
+    seen.clear()
+    t.translate(nib.load(_head_or_brain(tmp_path, 1.0)), steps=2, kind="head")
+    assert {k for call in seen for k in call} == {kind_index("head")}
+    with pytest.raises(ValueError, match="'skull'; accepted: brain, head"):
+        t.translate(nib.load(_head_or_brain(tmp_path, 1.0)), steps=2, kind="skull")
 
 
 def _head_or_brain(directory, pixel_mm: float) -> str:

@@ -93,10 +93,22 @@ def test_submit_answers_202_with_location_and_the_job(gateway: Gateway) -> None:
     assert int(response.headers["retry-after"]) >= 1
     assert job["state"] == "queued" and job["attempts"] == 0
     assert job["model"] == {"name": "tiny", "version": 1}
-    assert job["params"] == {"preset": None, "steps": 7, "seed": 11, "output_format": "nifti"}
+    assert job["params"] == {
+        "preset": None,
+        "steps": 7,
+        "seed": 11,
+        "anatomy": None,
+        "output_format": "nifti",
+    }
     assert job["input"]["shape"] == [32, 32, 3]
     assert job["input"]["filename"] == "scan.nii.gz"
     assert job["progress"]["step"] == 0 and job["error"] is None and job["result"] is None
+
+
+def test_what_the_input_shows_is_kept_with_the_job(gateway: Gateway) -> None:
+    job = gateway.submit(anatomy="head").json()
+    polled = gateway.client.get(f"/jobs/{job['id']}", headers=AUTH).json()
+    assert job["params"]["anatomy"] == polled["params"]["anatomy"] == "head"
 
     polled = gateway.client.get(f"/jobs/{job['id']}", headers=AUTH)
     assert polled.status_code == 200
@@ -247,6 +259,7 @@ def test_constant_images_and_degenerate_affines_are_422(
         ({"output_format": "jpeg"}, "invalid-parameters", "nifti or png"),
         ({"output_format": "png"}, "invalid-nifti", "only for 2D"),
         ({"preset": "turbo"}, "invalid-parameters", "accepted: default, fast"),
+        ({"anatomy": "skull"}, "invalid-parameters", "anatomy = brain or head"),
         ({"model": "nope"}, "unknown-model", "tiny:1"),
         ({"model": "tiny:9"}, "unknown-model", "tiny:1"),
         ({"colour": "blue"}, "invalid-form", "unknown form field `colour`"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from midiffusion.cli.main import main
 from midiffusion.io.imaging import load_png, save_png
@@ -151,3 +152,32 @@ def test_anchor_on_needs_a_card_with_an_anchor(tiny_model_store, tmp_path: Path,
     assert "no intensity anchor" in err and "--anchor auto or off" in err
     assert not (tmp_path / "o.nii.gz").exists()
     assert main([*args, "--anchor", "off"]) == 0  # the same model runs without it
+
+
+def test_anatomy_says_what_a_lone_section_is(tiny_model_store, tmp_path: Path) -> None:
+    from model_store import ModelStore
+
+    v = tiny_model_store.verified("tiny")
+    card = v.card.model_dump(exclude={"version", "sha256"})
+    card["sampling"] |= {"anchor_mean": 0.7, "anchor_mean_head": 0.3}
+    store = ModelStore(tmp_path / "store")
+    store.publish(card, v.weights_path)
+    # a 100 cm^2 section, as at the top of a head: judged a brain by its size
+    section = _head((100, 100, 1))
+    image = nib.Nifti1Image(section, np.diag([1.2, 1.2, 3.0, 1.0]))
+    image.header.set_xyzt_units("mm")
+    nib.save(image, tmp_path / "top.nii.gz")
+    # away from the edge, which mapping back to the voxels blurs
+    inside = ndimage.binary_erosion(section[:, :, 0] > 0, iterations=3)[:, :, None]
+    means = {}
+    for kind in ("auto", "brain", "head"):
+        out = tmp_path / f"{kind}.nii.gz"
+        args = ["translate", str(tmp_path / "top.nii.gz"), "--store", str(store.root), "--quiet"]
+        args += ["-m", "tiny", "--steps", "2", "--anatomy", kind]
+        assert main([*args, "-o", str(out)]) == 0
+        means[kind] = nib.load(out).get_fdata()[inside].mean()
+    # each kind takes its own anchor: auto is the brain's here, head the head's
+    assert means["auto"] == means["brain"] == pytest.approx(0.7, abs=0.05)
+    assert means["head"] == pytest.approx(0.3, abs=0.05)
+    with pytest.raises(SystemExit):
+        main([*args, "-o", str(tmp_path / "x.nii.gz"), "--anatomy", "skull"])

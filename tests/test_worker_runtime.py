@@ -17,7 +17,13 @@ from worker.runtime import WorkerRuntime, output_filename
 from worker.settings import WorkerSettings
 
 
-def _submit(runtime: WorkerRuntime, source: Path, steps: int, model: str = "tiny") -> str:
+def _submit(
+    runtime: WorkerRuntime,
+    source: Path,
+    steps: int,
+    model: str = "tiny",
+    anatomy: str | None = None,
+) -> str:
     """What the gateway does, minus HTTP: store the input, write a queued record."""
     job_id = uuid.uuid4().hex
     key = LocalStorage.key("in", job_id, ".nii.gz")
@@ -37,6 +43,7 @@ def _submit(runtime: WorkerRuntime, source: Path, steps: int, model: str = "tiny
             input_bytes=source.stat().st_size,
             input_shape=[32, 32, 2],
             input_voxel_size=[1.0, 1.0, 1.0],
+            anatomy=anatomy,
         ),
     )
     return job_id
@@ -121,3 +128,28 @@ def test_an_input_outside_the_training_data_is_translated_with_warnings_on_the_r
     plain = _submit(runtime, write_nifti(tmp_path / "t2.nii.gz", (32, 32, 2)), steps=2)
     assert runtime.run_job(plain) == "succeeded"
     assert job_out(runtime.jobs.get(plain), now=time.time()).warnings == []
+
+
+def test_what_the_client_says_the_input_shows_reaches_the_translation(
+    tmp_path: Path, tiny_model_store, source: Path
+) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from model_store import ModelStore
+
+    v = tiny_model_store.verified("tiny")
+    card = v.card.model_dump(exclude={"version", "sha256"})
+    card["sampling"] |= {"anchor_mean": 0.7, "anchor_mean_head": 0.3}
+    store = ModelStore(tmp_path / "store")
+    store.publish(card, v.weights_path)
+    runtime = _runtime(tmp_path, store.root)
+    means = {}
+    for anatomy in (None, "head"):  # a 32 mm input: judged a brain by its size
+        job_id = _submit(runtime, source, steps=2, anatomy=anatomy)
+        assert runtime.run_job(job_id) == "succeeded"
+        job = runtime.jobs.get(job_id)
+        assert job is not None and job.output is not None
+        out = np.asarray(nib.load(runtime.storage.path(job.output.key)).dataobj)
+        means[anatomy] = out[out > 0].mean()
+    assert means[None] > means["head"] + 0.2  # the brain's anchor, then the head's

@@ -210,6 +210,7 @@ class WorkerRuntime:
                 preset=spec.preset,
                 steps=spec.steps,
                 seed=spec.seed,
+                kind=spec.anatomy,
                 progress=progress,
                 should_cancel=should_cancel,
                 warn=warnings.append,

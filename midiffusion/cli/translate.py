@@ -29,7 +29,13 @@ import numpy as np
 from midiffusion.io.imaging import NIFTI_SUFFIXES, ImageFormatError
 from midiffusion.pipeline.devices import DEVICE_HELP, resolve_device
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
-from model_store.card import DEFAULT_PRESET, FAITHFUL_SAMPLING, PRESET_NAMES, SAMPLER_NAMES
+from model_store.card import (
+    DEFAULT_PRESET,
+    FAITHFUL_SAMPLING,
+    INPUT_KINDS,
+    PRESET_NAMES,
+    SAMPLER_NAMES,
+)
 
 PNG_SUFFIX = ".png"
 # A PNG is a slice as a viewer shows it: anterior at the top, the patient's right on the right.
@@ -85,6 +91,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="shift the foreground's mean intensity to the model's training data (the card's "
         "anchor_mean), slices and volumes alike; auto: where the card has an anchor, on: "
         "refuse a card without one",
+    )
+    parser.add_argument(
+        "--anatomy",
+        choices=("auto", *INPUT_KINDS),
+        default="auto",
+        help="what the input shows: a skull-stripped brain or a whole head; auto: a head when "
+        "its largest axial section exceeds 220 cm^2 (a lone section from the top of a head is "
+        "judged a brain: say head)",
     )
     parser.add_argument(
         "--no-lookup",
@@ -276,6 +290,7 @@ def translate_file(args: argparse.Namespace) -> Path:
             batch_size=args.batch_size,
             anchor=ANCHOR_CHOICES[args.anchor],
             lookup=not args.no_lookup,
+            kind=None if args.anatomy == "auto" else args.anatomy,
             progress=progress,
             warn=lambda message: bar.write(f"warning: {message}", file=sys.stderr),
         )

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_store.card import INPUT_KINDS
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -51,10 +53,6 @@ class UNetConfig:
         d["channel_mults"] = tuple(d["channel_mults"])
         d["attention_resolutions"] = tuple(d["attention_resolutions"])
         return cls(**d)
-
-
-# the kinds a network may be told, indexed from 1 (0: not told)
-INPUT_KINDS = ("brain", "head")
 
 
 def kind_index(kind: str | None) -> int:

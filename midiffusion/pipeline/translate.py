@@ -516,7 +516,10 @@ class Translator:
         ``warn`` receives one sentence per way the input lies outside what the model was
         trained on (:func:`input_warnings`), before sampling starts.
         ``options`` are those of :meth:`translate_slices` (preset, steps, seed, sampler,
-        guidance, samples, batch_size, progress, should_cancel)."""
+        guidance, samples, batch_size, progress, should_cancel, kind). ``kind`` ("brain" or
+        "head") says what the input is; left out, it is judged from the input's size
+        (:func:`midiffusion.pipeline.intensity.input_kind`), which takes a lone section from
+        the top of a head for a brain."""
         run = self._run_on_grid(image, anchor, lookup, warn, options)
         return run.to_input(image, run.result)
 
@@ -586,7 +589,7 @@ class Translator:
         result = np.zeros_like(src)
         sampling_started = time.perf_counter()
         if len(keep):
-            kind = input_kind(msk, plan.pixel_mm2)
+            kind = options.pop("kind", None) or input_kind(msk, plan.pixel_mm2)
             sampled = self.translate_slices(src[keep], kind=kind, **options)
             result[keep] = self.finish(
                 sampled, src[keep], msk[keep], kind, lookup=lookup, anchor=anchor

@@ -5,8 +5,8 @@
 STOW-RS answers as PS3.18 10.5 says: 200 when every instance was taken, 202 when some were and
 others failed, 409 when none was, each with a DICOM JSON body listing the taken instances
 (ReferencedSOPSequence; each one's RetrieveURL is its job) and the failed ones
-(FailedSOPSequence, with a FailureReason). The query takes ``model``, ``preset``, ``steps`` and
-``seed`` as ``POST /translate`` does.
+(FailedSOPSequence, with a FailureReason). The query takes ``model``, ``preset``, ``steps``,
+``seed`` and ``anatomy`` as ``POST /translate`` does.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from service.uploads import stream_parts, too_large
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 DICOM_JSON = "application/dicom+json"
-QUERY_FIELDS = ("model", "preset", "steps", "seed")  # the STOW query's job parameters
+QUERY_FIELDS = ("model", "preset", "steps", "seed", "anatomy")  # the STOW query's job parameters
 # PS3.18 / PS3.4 failure reasons (FailureReason, 0008,1197)
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -174,6 +174,7 @@ def _store_series(
             preset=params.preset,
             steps=params.steps,
             seed=params.seed,
+            anatomy=params.anatomy,
             output_format="dicom",
             principal=principal,
         )

@@ -43,7 +43,8 @@ def _parse_params(fields: dict[str, str], max_steps: int) -> TranslateParams:
             "invalid-parameters",
             f"{reasons}. Accepted: model = a name from GET /models (or name:version); "
             "preset = one its card offers (GET /models; e.g. default, fast); "
-            f"steps = 1..{max_steps}; seed = 0..4294967295; output_format = nifti or png "
+            f"steps = 1..{max_steps}; seed = 0..4294967295; anatomy = brain or head; "
+            "output_format = nifti or png "
             "(NIfTI input), dicom (the default), nifti or png (DICOM input)",
         ) from exc
     if params.steps is not None and params.steps > max_steps:
@@ -89,6 +90,7 @@ def _submit(
         preset=params.preset,
         steps=params.steps,
         seed=params.seed,
+        anatomy=params.anatomy,
         output_format=params.output_format.value if params.output_format else None,
         principal=principal,
         idempotency_key=scoped,
@@ -123,6 +125,13 @@ def _submit(
                             },
                             "steps": {"type": "integer", "minimum": 1},
                             "seed": {"type": "integer", "minimum": 0},
+                            "anatomy": {
+                                "type": "string",
+                                "enum": ["brain", "head"],
+                                "description": "what the input shows: a skull-stripped brain "
+                                "or a whole head; default: judged by its size (a lone section "
+                                "from the top of a head is judged a brain)",
+                            },
                             "output_format": {
                                 "type": "string",
                                 "enum": ["nifti", "png", "dicom"],

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from jobs import JobRecord, JobState
+from model_store.card import INPUT_KINDS
 
 
 class OutputFormat(StrEnum):
@@ -27,9 +28,16 @@ class TranslateParams(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     # what the input shows; unset: judged by its size (a lone section from the top of a head
     # is judged a brain)
-    anatomy: Literal["brain", "head"] | None = None
+    anatomy: str | None = None
     # unset: dicom for a DICOM input, nifti for a NIfTI one
     output_format: OutputFormat | None = None
+
+    @field_validator("anatomy")
+    @classmethod
+    def _known_anatomy(cls, value: str | None) -> str | None:
+        if value is not None and value not in INPUT_KINDS:
+            raise ValueError(f"{value!r} is not one of {', '.join(INPUT_KINDS)}")
+        return value
 
 
 class Progress(BaseModel):

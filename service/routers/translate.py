@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from jobs import JobRecord
+from model_store.card import INPUT_KINDS
 from service import metrics
 from service.audit import SUBMIT, audit
 from service.context import Ctx, GatewayContext, Principal
@@ -43,7 +44,7 @@ def _parse_params(fields: dict[str, str], max_steps: int) -> TranslateParams:
             "invalid-parameters",
             f"{reasons}. Accepted: model = a name from GET /models (or name:version); "
             "preset = one its card offers (GET /models; e.g. default, fast); "
-            f"steps = 1..{max_steps}; seed = 0..4294967295; anatomy = brain or head; "
+            f"steps = 1..{max_steps}; seed = 0..4294967295; anatomy = {' or '.join(INPUT_KINDS)}; "
             "output_format = nifti or png "
             "(NIfTI input), dicom (the default), nifti or png (DICOM input)",
         ) from exc
@@ -127,7 +128,7 @@ def _submit(
                             "seed": {"type": "integer", "minimum": 0},
                             "anatomy": {
                                 "type": "string",
-                                "enum": ["brain", "head"],
+                                "enum": list(INPUT_KINDS),
                                 "description": "what the input shows: a skull-stripped brain "
                                 "or a whole head; default: judged by its size (a lone section "
                                 "from the top of a head is judged a brain)",

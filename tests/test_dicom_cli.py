@@ -28,10 +28,13 @@ def test_a_folder_in_and_a_zip_out(tiny_model_store, tmp_path: Path) -> None:
     for n, blob in enumerate(series.instances):
         (folder / f"IM{n}").write_bytes(blob)
     out = tmp_path / "derived.zip"
-    assert main(_args(tiny_model_store, folder, out)) == 0
+    assert main([*_args(tiny_model_store, folder, out), "--preset=fast", "--anatomy=head"]) == 0
     with zipfile.ZipFile(out) as zf:
         datasets = [pydicom.dcmread(io.BytesIO(zf.read(n))) for n in zf.namelist()]
     check_derived(series, datasets, "tiny", 1)
+    # the settings the command ran with are on every derived instance
+    said = ("fast sampling preset", "2 steps", "translated as a head")
+    assert all(n in d.DerivationDescription for d in datasets for n in said)
 
 
 def test_a_zip_in_and_a_folder_or_a_nifti_out(tiny_model_store, tmp_path: Path) -> None:

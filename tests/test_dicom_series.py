@@ -320,3 +320,17 @@ def test_a_series_without_a_frame_of_reference_gets_one_for_the_whole_derived_se
     out = derived_series(layout, read_volume(layout).get_fdata() / 1000, DERIVATION)
     frames = {str(_read(blob).FrameOfReferenceUID) for _, blob in out}
     assert len(frames) == 1 and frames != {s.frame_of_reference_uid} and frames != {""}
+
+
+def test_the_derivation_records_how_the_series_was_made() -> None:
+    series = make_series()
+    layout = plan_upload(zip_entries(series.zip_bytes()), keep_bytes=True)
+    translated = np.clip(read_volume(layout).get_fdata() / 1000.0, 0, 1)
+    said = Derivation("tiny", 3, "T1w", preset="fast", seed=5, anatomy="head")
+    for derivation, needles, absent in (
+        (DERIVATION, ("default sampling preset", "4 steps", "seed 1"), "translated as"),
+        (said, ("fast sampling preset", "default steps", "seed 5", "translated as a head"), None),
+    ):
+        text = _read(derived_series(layout, translated, derivation)[0][1]).DerivationDescription
+        assert all(n in text for n in needles), text
+        assert absent is None or absent not in text

@@ -44,6 +44,7 @@ def write_series(
         preset=spec.preset,
         steps=spec.steps,
         seed=spec.seed,
+        anatomy=spec.anatomy,
     )
     instances = derived_series(layout, volume01(out), derivation)
     key = storage.key("out", job.id, ".zip")

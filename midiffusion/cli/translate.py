@@ -172,7 +172,13 @@ def _save_dicom(layout, result, card, args: argparse.Namespace) -> Path:
     from model_store.files import atomic_path
 
     derivation = Derivation(
-        card.name, card.version, card.target_modality, steps=args.steps, seed=args.seed
+        card.name,
+        card.version,
+        card.target_modality,
+        preset=args.preset,
+        steps=args.steps,
+        seed=args.seed,
+        anatomy=None if args.anatomy == "auto" else args.anatomy,
     )
     instances = derived_series(layout, volume01(result), derivation)
     out = Path(args.output)

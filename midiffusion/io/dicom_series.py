@@ -170,6 +170,7 @@ class Derivation:
     preset: str | None = None
     steps: int | None = None
     seed: int = 0
+    anatomy: str | None = None  # what the client said the input shows; None: judged by size
 
 
 def _series_description(d: Derivation) -> str:
@@ -241,7 +242,8 @@ def derived_series(
             f"series {source.get('SeriesNumber', '')} by the MIDiffusion model "
             f"{derivation.model_name} v{derivation.model_version} (zero-shot cross-modality "
             f"translation, {derivation.preset or 'default'} sampling preset, "
-            f"{derivation.steps or 'default'} steps, seed {derivation.seed}); "
+            f"{derivation.steps or 'default'} steps, seed {derivation.seed}"
+            f"{f', translated as a {derivation.anatomy}' if derivation.anatomy else ''}); "
             f"{NOT_FOR_DIAGNOSTIC_TEXT}"
         )[:1024]
         ds.SourceImageSequence = sources

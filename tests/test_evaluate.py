@@ -310,3 +310,14 @@ def test_single_slices_are_translated_alone_and_scored(tiny_model_store, data_ro
     assert all(r.split("|")[3].strip() == "2" for r in rows)  # slices per direction
     assert not (tmp_path / "results.json").exists()  # the benchmark itself did not run
     assert main([*args, "--protocol", "ct-real", "--out", str(tmp_path / "ct")]) == 1  # no truth
+    # said to show heads, the slices take the card's anchor for heads (none: the tiny card has
+    # only a brain's): other scores, and the table says how they were translated
+    said = tmp_path / "said"
+    assert main([*args, "--protocol", "head-synth", "--anatomy", "head", "--out", str(said)]) == 0
+    table = (said / "single-slices.md").read_text()
+    assert "--anatomy head" in table
+    ssim = [[r.split("|")[4] for r in rs if "->T1 |" in r] for rs in (rows[:3], table.splitlines())]
+    assert ssim[0] != ssim[1]
+    # a volume's kind is judged, never said
+    plain = ["evaluate", "--store", str(tiny_model_store.root), "--data-dir", str(data_root)]
+    assert main([*plain, "-m", "tiny", "--anatomy", "head", "--out", str(tmp_path / "v")]) == 1

@@ -17,7 +17,7 @@ from midiffusion.evaluation.reports import markdown_report
 from midiffusion.evaluation.runner import EvalSettings, evaluate
 from midiffusion.pipeline.devices import DEVICE_HELP
 from midiffusion.pipeline.precision import PRECISION_HELP, PRECISIONS
-from model_store.card import DEFAULT_PRESET, PRESET_NAMES, SAMPLER_NAMES
+from model_store.card import DEFAULT_PRESET, INPUT_KINDS, PRESET_NAMES, SAMPLER_NAMES
 
 if TYPE_CHECKING:
     import model_store
@@ -120,6 +120,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="instead of the benchmark: translate each slice alone as a 2D input, with the "
         "card's defaults, against the identity and the inversion (single-slices.md in --out)",
     )
+    parser.add_argument(
+        "--anatomy",
+        choices=("auto", *INPUT_KINDS),
+        default="auto",
+        help="with --single-slices: what each slice is said to show, as translate --anatomy "
+        "says it (auto: judged by its size)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
@@ -158,6 +165,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.single_slices:
             return run_single_slices(args, ModelStore(args.store))
+        if args.anatomy != "auto":
+            raise EvaluationError(
+                "--anatomy applies to --single-slices only: a volume's kind is judged by its size"
+            )
         results = evaluate(
             settings_from_args(args),
             args.out,
@@ -205,14 +216,20 @@ def run_single_slices(args: argparse.Namespace, store: model_store.ModelStore) -
     if not directions:
         raise EvaluationError(f"no direction of {list(args.protocol)} has a truth to score")
 
+    kind = None if args.anatomy == "auto" else args.anatomy
+
     def translate(image: nib.Nifti1Image, seed: int) -> nib.Nifti1Image:
-        return translator.translate(image, seed=seed, preset=args.preset, steps=args.steps)
+        return translator.translate(
+            image, seed=seed, preset=args.preset, steps=args.steps, kind=kind
+        )
 
     scores = []
     for seed in [args.seed, *args.more_seeds]:
         for direction in tqdm(directions, desc=f"seed {seed}", disable=args.quiet):
             scores.append(score_direction(direction, translate, seed))
     model = f"{verified.card.name} v{verified.card.version}"
+    if kind is not None:
+        model += f" (`--anatomy {kind}`: every slice said to show a {kind})"
     table = markdown(scores, model, ", ".join(args.protocol))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "single-slices.md").write_text(table)

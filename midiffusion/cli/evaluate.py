@@ -199,6 +199,7 @@ def run_single_slices(args: argparse.Namespace, store: model_store.ModelStore) -
     import nibabel as nib
     from tqdm import tqdm
 
+    from midiffusion.cli.translate import said_anatomy
     from midiffusion.evaluation.directions import direction_names, load_directions
     from midiffusion.evaluation.single_slices import markdown, score_direction
     from midiffusion.pipeline.devices import resolve_device
@@ -216,7 +217,7 @@ def run_single_slices(args: argparse.Namespace, store: model_store.ModelStore) -
     if not directions:
         raise EvaluationError(f"no direction of {list(args.protocol)} has a truth to score")
 
-    kind = None if args.anatomy == "auto" else args.anatomy
+    kind = said_anatomy(args.anatomy)
 
     def translate(image: nib.Nifti1Image, seed: int) -> nib.Nifti1Image:
         return translator.translate(

@@ -130,6 +130,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def said_anatomy(choice: str) -> str | None:
+    """``--anatomy``'s choice as the translation takes it (None: judged from the input)."""
+    return None if choice == "auto" else choice
+
+
 def _kind(path: Path, role: str) -> str:
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
@@ -178,7 +183,7 @@ def _save_dicom(layout, result, card, args: argparse.Namespace) -> Path:
         preset=args.preset,
         steps=args.steps,
         seed=args.seed,
-        anatomy=None if args.anatomy == "auto" else args.anatomy,
+        anatomy=said_anatomy(args.anatomy),
     )
     instances = derived_series(layout, volume01(result), derivation)
     out = Path(args.output)
@@ -296,7 +301,7 @@ def translate_file(args: argparse.Namespace) -> Path:
             batch_size=args.batch_size,
             anchor=ANCHOR_CHOICES[args.anchor],
             lookup=not args.no_lookup,
-            kind=None if args.anatomy == "auto" else args.anatomy,
+            kind=said_anatomy(args.anatomy),
             progress=progress,
             warn=lambda message: bar.write(f"warning: {message}", file=sys.stderr),
         )

@@ -589,8 +589,8 @@ class Translator:
         result = np.zeros_like(src)
         sampling_started = time.perf_counter()
         if len(keep):
-            kind = options.pop("kind", None) or input_kind(msk, plan.pixel_mm2)
-            sampled = self.translate_slices(src[keep], kind=kind, **options)
+            kind = options.get("kind") or input_kind(msk, plan.pixel_mm2)
+            sampled = self.translate_slices(src[keep], **{**options, "kind": kind})
             result[keep] = self.finish(
                 sampled, src[keep], msk[keep], kind, lookup=lookup, anchor=anchor
             )

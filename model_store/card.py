@@ -125,6 +125,9 @@ class SamplingSection(_Section):
     that kind. ``lookup_weight`` / ``lookup_weight_head``: how much of a brain's / whole head's
     translation is read back through its source, and ``lookup_bandwidth`` the kernel on the
     source intensity (``midiffusion/pipeline/source_lookup.py``); weight 0: off.
+    ``guided_weight`` / ``guided_weight_head``: how much of a brain's / whole head's translation
+    is then replaced by its guided filter on the source, with ``guided_eps`` the filter's
+    regulariser (``midiffusion/pipeline/guided_filter.py``); weight 0: off.
     """
 
     sampler: SamplerName = "ddim"
@@ -138,6 +141,9 @@ class SamplingSection(_Section):
     lookup_weight: float = Field(default=0.0, ge=0, le=1)
     lookup_weight_head: float = Field(default=0.0, ge=0, le=1)
     lookup_bandwidth: float = Field(default=0.02, gt=0, le=1)
+    guided_weight: float = Field(default=0.0, ge=0, le=1)
+    guided_weight_head: float = Field(default=0.0, ge=0, le=1)
+    guided_eps: float = Field(default=3e-4, gt=0, le=1)
     presets: dict[PresetName, SamplingPreset] = Field(default_factory=dict)
 
     def guidance_text(self, guidance: float | None = None) -> str:

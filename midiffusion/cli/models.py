@@ -70,8 +70,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sampling-from",
         metavar="NAME:VERSION",
         help="start from this stored card's sampling (sampler, steps, guidance and its window, "
-        "samples, antithetic, the lookup, presets); the flags below override it, the anchors "
-        "are always the run's",
+        "samples, antithetic, the lookup and guided filter, presets); the flags below override "
+        "it, the anchors are always the run's",
     )
     pub.add_argument("--sampler", choices=SAMPLER_NAMES, help="card's sampler")
     pub.add_argument("--steps", type=int, help="card's sampling steps")
@@ -97,6 +97,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--lookup-bandwidth",
         type=float,
         help="the lookup's kernel on the source intensity, in [0, 1] units (default 0.02)",
+    )
+    pub.add_argument(
+        "--guided-weight",
+        type=float,
+        help="how much of a skull-stripped brain's translation is replaced by its guided filter "
+        "on the source (0 to 1; default 0: off; midiffusion/pipeline/guided_filter.py)",
+    )
+    pub.add_argument(
+        "--guided-weight-head", type=float, help="the same for whole heads (default 0: off)"
+    )
+    pub.add_argument(
+        "--guided-eps", type=float, help="the guided filter's regulariser (default 3e-4)"
     )
     pub.add_argument(
         "--antithetic",
@@ -212,6 +224,9 @@ _CARRIED = (
     "lookup_weight",
     "lookup_weight_head",
     "lookup_bandwidth",
+    "guided_weight",
+    "guided_weight_head",
+    "guided_eps",
     "presets",
 )
 _CARRIED_NOTE = "carried from "

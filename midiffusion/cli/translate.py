@@ -104,7 +104,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-lookup",
         action="store_true",
         help="keep the sampled translation as it is, instead of reading it back through the "
-        "source with the card's lookup weight (MODEL_CARD.md)",
+        "source with the card's lookup and guided-filter weights (MODEL_CARD.md)",
     )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(

@@ -40,6 +40,7 @@ from midiffusion.diffusion.samplers import get_sampler, noise_source, shared_noi
 from midiffusion.diffusion.schedules import DDPMSchedule
 from midiffusion.io.imaging import output_like
 from midiffusion.model.unet import UNet, UNetConfig, kind_index
+from midiffusion.pipeline.guided_filter import apply_guided_filter, guided_weight_for
 from midiffusion.pipeline.host_memory import keep_freed_memory
 from midiffusion.pipeline.intensity import (
     anchor_for,
@@ -482,12 +483,18 @@ class Translator:
         anchor: bool = True,
     ) -> np.ndarray:
         """One volume's sampled slices (n, G, G) as the output: masked, read back through the
-        source with the card's lookup weight for the volume's ``kind`` (``lookup``;
-        ``midiffusion/pipeline/source_lookup.py``), then shifted to its anchor (``anchor``)."""
+        source (``lookup``) with the card's weights for the volume's ``kind``, first by the
+        volume-wide lookup (``midiffusion/pipeline/source_lookup.py``) and then by the local
+        guided filter (``midiffusion/pipeline/guided_filter.py``), then shifted to its anchor
+        (``anchor``)."""
         out = np.where(mask, sampled01, 0.0).astype(np.float32)
         if lookup:
-            weight = lookup_weight_for(self.sampling, kind)
-            out = apply_lookup(out, source01, mask, weight, self.sampling.lookup_bandwidth)
+            card = self.sampling
+            weight = lookup_weight_for(card, kind)
+            out = apply_lookup(out, source01, mask, weight, card.lookup_bandwidth)
+            out = apply_guided_filter(
+                out, source01, mask, guided_weight_for(card, kind), card.guided_eps
+            )
         return self.anchor(out, mask, kind) if anchor else out
 
     def anchor(self, slices01: np.ndarray, mask: np.ndarray, kind: str) -> np.ndarray:

@@ -18,6 +18,7 @@ from midiffusion.cli.main import main
 from midiffusion.diffusion.conditioning import ConditioningSpec
 from midiffusion.diffusion.denoiser import LMIGuidedDenoiser
 from midiffusion.diffusion.schedules import DDPMSchedule, ve_to_vp
+from midiffusion.training import checkpoint
 from midiffusion.training.checkpoint import CHECKPOINT
 from midiffusion.training.config import TrainConfig
 from midiffusion.training.data import load_training_slices
@@ -175,6 +176,13 @@ def test_warm_start_from_a_stored_model(data, tmp_path, tiny_model_store, monkey
     stored = load_file(str(tiny_model_store.verified("tiny").weights_path))
     for k, v in trainer.net.state_dict().items():
         assert torch.equal(v, stored[k]), k
+    # asked for no iterations, the run still holds a checkpoint: the stored weights, to publish
+    # with other sampling settings
+    trainer.fit(trainer.step, progress=False)
+    saved = checkpoint.read_ema(tmp_path / CHECKPOINT)
+    for k, v in stored.items():
+        assert torch.equal(saved[k], v), k
+    assert checkpoint.read_meta(tmp_path / CHECKPOINT)["step"] == trainer.step
     other = TrainConfig.load("tiny")
     other.network = {**other.network, "base_channels": 16}
     with pytest.raises(ValueError, match="another network"):

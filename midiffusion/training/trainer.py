@@ -301,6 +301,8 @@ class Trainer:
                     clock = now
                     self.save()
         bar.close()
+        if not (self.out_dir / checkpoint.CHECKPOINT).exists():
+            self.save()  # a warm start asked for no iterations: its weights, as a run to publish
         plot_loss(log_path, self.out_dir / "loss.png")
 
 

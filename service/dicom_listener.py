@@ -25,11 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.dicom_intake import DicomRejected, read_header
 from jobs.pacs_push import StoreTarget, push_with_retry
+from model_store.card import INPUT_KINDS
 
 log = logging.getLogger("midiffusion.dicom_listener")
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
@@ -59,11 +60,22 @@ class ListenerSettings(BaseSettings):
     dicom_model: str | None = Field(default=None, description="model for the jobs (name[:ver])")
     dicom_preset: str | None = Field(default=None, description="sampling preset (e.g. fast)")
     dicom_steps: int | None = Field(default=None, ge=1, description="sampling steps")
+    dicom_anatomy: str | None = Field(
+        default=None,
+        description=f"what the series show: {' or '.join(INPUT_KINDS)}; unset: judged by size",
+    )
     gateway_url: str = Field(default="http://127.0.0.1:8000", description="the gateway")
     gateway_api_key: SecretStr = Field(default=SecretStr(""), description="its API key")
     push_attempts: int = Field(default=4, ge=1, le=10)
     push_backoff_s: float = Field(default=2.0, ge=0)
     job_timeout_s: int = Field(default=3600, ge=1)
+
+    @field_validator("dicom_anatomy")
+    @classmethod
+    def _known_anatomy(cls, value: str | None) -> str | None:
+        if value is not None and value not in INPUT_KINDS:
+            raise ValueError(f"anatomy {value!r}; accepted: {', '.join(INPUT_KINDS)}")
+        return value
 
     def accepted(self) -> list[str]:
         return [a.strip() for a in self.dicom_accepted_aes.split(",") if a.strip()]
@@ -211,6 +223,8 @@ class Listener:
             fields["preset"] = self.settings.dicom_preset
         if self.settings.dicom_steps:
             fields["steps"] = str(self.settings.dicom_steps)
+        if self.settings.dicom_anatomy:
+            fields["anatomy"] = self.settings.dicom_anatomy
         for attempt in range(1, self.settings.push_attempts + 1):
             try:
                 return self.gateway.submit(pending.instances, fields)

@@ -105,6 +105,7 @@ def test_orthanc_sends_a_series_to_the_listener_and_gets_the_derived_one_back(
             MIDIFF_DICOM_PEERS=f"{orthanc.aet}=127.0.0.1:{orthanc.dicom_port}",
             MIDIFF_DICOM_PRESET="fast",
             MIDIFF_DICOM_STEPS="2",
+            MIDIFF_DICOM_ANATOMY="head",
             MIDIFF_PUSH_BACKOFF_S="0.5",
         )
         log = tmp_path / "listen.log"
@@ -123,6 +124,7 @@ def test_orthanc_sends_a_series_to_the_listener_and_gets_the_derived_one_back(
             derived = _derived_series(orthanc, series.study_uid, 12)
             check_derived(series, derived, "tiny", 1)
             assert all("fast sampling preset" in d.DerivationDescription for d in derived)
+            assert all("translated as a head" in d.DerivationDescription for d in derived)
             wait_for(lambda: "result sent" in log.read_text(), timeout=30, what="the send log")
         _no_patient_data(log.read_text(), (tmp_path / "serve.log").read_text())
         _no_patient_data(httpx.get(f"{gateway}/metrics").text)

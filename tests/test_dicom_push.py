@@ -68,6 +68,17 @@ def test_addresses_and_peers_parse() -> None:
         parse_address("PACS:104")
 
 
+def test_the_listener_takes_only_an_anatomy_the_model_knows(capsys) -> None:
+    from midiffusion.cli.main import main
+
+    assert ListenerSettings(dicom_anatomy="head").dicom_anatomy == "head"
+    with pytest.raises(ValueError, match="accepted: brain, head"):
+        ListenerSettings(dicom_anatomy="skull")
+    with pytest.raises(SystemExit):
+        main(["dicom-listen", "--anatomy", "skull"])
+    assert "invalid choice: 'skull'" in capsys.readouterr().err
+
+
 @pytest.fixture
 def listener():
     settings = ListenerSettings(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from model_store.card import INPUT_KINDS
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ae-title", help="our AE title (default: $MIDIFF_DICOM_AE_TITLE, MIDIFF)")
@@ -23,6 +25,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gateway", help="gateway URL (default: $MIDIFF_GATEWAY_URL, http://127.0.0.1:8000)"
+    )
+    parser.add_argument(
+        "--anatomy",
+        choices=INPUT_KINDS,
+        help="what the series show (default: $MIDIFF_DICOM_ANATOMY; unset: judged by their size; "
+        "say head where single sections of whole heads arrive)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
 
@@ -41,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         "dicom_port": args.port,
         "dicom_accepted_aes": args.accept,
         "gateway_url": args.gateway,
+        "dicom_anatomy": args.anatomy,
     }
     try:
         settings = ListenerSettings(**{k: v for k, v in overrides.items() if v is not None})

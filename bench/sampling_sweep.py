@@ -12,9 +12,9 @@ view (larger side + 10 %, as the data recipe does) and rescaled to its 99.5th pe
 model sees a skull-stripped brain as in ``mni-synth`` without touching ``mni-synth``. This is
 how the card's defaults are chosen (MODEL_CARD.md); the reporting protocols never are.
 Translations are anchored as the evaluation anchors them; with ``--lookup`` they are first read
-back through their source with the card's weight for their kind, as a served translation is
-(``--lookup-from M``: with version M's lookup settings instead, to try M's lookup on other
-weights).
+back through their source with the card's weights for their kind (the source lookup and the
+guided filter), as a served translation is (``--lookup-from M``: with version M's read-back
+settings instead, to try M's read-back on other weights).
 After the seed-by-seed lines it prints each config's mean over seeds and, against the first
 config listed, the worst seed's change.
 """
@@ -96,14 +96,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", required=True, help="sampler:steps:samples, comma-separated")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--lookup", action="store_true", help="the card's source lookup, as served")
-    parser.add_argument("--lookup-from", type=int, help="another version's lookup settings")
+    parser.add_argument(
+        "--lookup", action="store_true", help="the card's source lookup and filter, as served"
+    )
+    parser.add_argument("--lookup-from", type=int, help="another version's read-back settings")
     add_tuning_arguments(parser)
     args = parser.parse_args()
     t, cases = tuning_cases(args)
     if args.lookup_from is not None:
         lookup = ModelStore().verified("t1w", args.lookup_from).card.sampling
         fields = ("lookup_weight", "lookup_weight_head", "lookup_bandwidth")
+        fields += ("guided_weight", "guided_weight_head", "guided_eps")
         t.sampling = t.sampling.model_copy(update={f: getattr(lookup, f) for f in fields})
     # scores[config][direction] = [(ssim, psnr) per seed]
     scores: dict[str, dict[str, list[tuple[float, float]]]] = {}

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from model_store.card import SamplingSection
 
 RADIUS = 1  # 3 x 3 windows, the LMI patch size
+_WINDOW = (1, 2 * RADIUS + 1, 2 * RADIUS + 1)  # in-plane: each slice on its own
 
 
 def guided_weight_for(sampling: SamplingSection, kind: str) -> float:
@@ -37,8 +38,7 @@ def guided_weight_for(sampling: SamplingSection, kind: str) -> float:
 
 def _window_mean(values: np.ndarray, mask: np.ndarray, count: np.ndarray) -> np.ndarray:
     """Each pixel's mean of ``values`` over the foreground of its in-plane window."""
-    size = (1, 2 * RADIUS + 1, 2 * RADIUS + 1)  # each slice on its own
-    return ndimage.uniform_filter(values * mask, size) / count
+    return ndimage.uniform_filter(values * mask, _WINDOW) / count
 
 
 def source_guided(
@@ -60,7 +60,7 @@ def source_guided(
         np.asarray(a, np.float64)[None] if flat else np.asarray(a, np.float64)
         for a in (translated01, source01, np.asarray(mask, bool))
     )
-    count = np.maximum(_window_mean(np.ones_like(m), m, 1.0), 1e-12)  # foreground share
+    count = np.maximum(ndimage.uniform_filter(m, _WINDOW), 1e-12)  # the window's foreground share
     mean_g, mean_p = _window_mean(guide, m, count), _window_mean(p, m, count)
     var_g = _window_mean(guide * guide, m, count) - mean_g**2
     slope = (_window_mean(guide * p, m, count) - mean_g * mean_p) / (np.maximum(var_g, 0) + eps)

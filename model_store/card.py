@@ -44,6 +44,14 @@ class _Section(BaseModel):
 INPUT_KINDS = ("brain", "head")
 
 
+def known_input_kind(kind: str | None) -> str | None:
+    """``kind`` itself where it is one of ``INPUT_KINDS`` or None (not said); else a ValueError
+    that names the accepted ones."""
+    if kind is not None and kind not in INPUT_KINDS:
+        raise ValueError(f"input kind {kind!r}; accepted: {', '.join(INPUT_KINDS)}")
+    return kind
+
+
 class NetworkSection(_Section):
     """``midiffusion.model.unet.UNetConfig.to_dict()``."""
 

@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.dicom_intake import DicomRejected, read_header
 from jobs.pacs_push import StoreTarget, push_with_retry
-from model_store.card import INPUT_KINDS
+from model_store.card import INPUT_KINDS, known_input_kind
 
 log = logging.getLogger("midiffusion.dicom_listener")
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
@@ -73,9 +73,7 @@ class ListenerSettings(BaseSettings):
     @field_validator("dicom_anatomy")
     @classmethod
     def _known_anatomy(cls, value: str | None) -> str | None:
-        if value is not None and value not in INPUT_KINDS:
-            raise ValueError(f"anatomy {value!r}; accepted: {', '.join(INPUT_KINDS)}")
-        return value
+        return known_input_kind(value)
 
     def accepted(self) -> list[str]:
         return [a.strip() for a in self.dicom_accepted_aes.split(",") if a.strip()]

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from jobs import JobRecord, JobState
-from model_store.card import INPUT_KINDS
+from model_store.card import known_input_kind
 
 
 class OutputFormat(StrEnum):
@@ -35,9 +35,7 @@ class TranslateParams(BaseModel):
     @field_validator("anatomy")
     @classmethod
     def _known_anatomy(cls, value: str | None) -> str | None:
-        if value is not None and value not in INPUT_KINDS:
-            raise ValueError(f"{value!r} is not one of {', '.join(INPUT_KINDS)}")
-        return value
+        return known_input_kind(value)
 
 
 class Progress(BaseModel):

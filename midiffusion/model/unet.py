@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_store.card import INPUT_KINDS
+from model_store.card import INPUT_KINDS, known_input_kind
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,8 @@ class UNetConfig:
 
 def kind_index(kind: str | None) -> int:
     """The index a network takes for ``kind`` (one of ``INPUT_KINDS``, or None: not told)."""
-    if kind is None:
+    if known_input_kind(kind) is None:
         return 0
-    if kind not in INPUT_KINDS:
-        raise ValueError(f"input kind {kind!r}; accepted: {', '.join(INPUT_KINDS)}")
     return INPUT_KINDS.index(kind) + 1
 
 

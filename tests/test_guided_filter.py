@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+from tissue_support import tissues, two_tissue_slice
 
 from midiffusion.pipeline.guided_filter import (
     apply_guided_filter,
@@ -16,23 +16,12 @@ from midiffusion.pipeline.source_lookup import apply_lookup
 from midiffusion.pipeline.translate import Translator
 from model_store.card import SamplingSection
 
-SIZE = 160  # a realistic slice: tens of thousands of foreground pixels
 EPS = 3e-4
-
-
-def _tissues(slices: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(slices, SIZE, SIZE) labels 1..3 inside an ellipse (0 outside): blobs of three tissues."""
-    yy, xx = (np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2) / (SIZE / 2)
-    inside = (xx / 0.85) ** 2 + (yy / 0.9) ** 2 < 1
-    field = ndimage.gaussian_filter(rng.normal(size=(slices, SIZE, SIZE)), (0, 6, 6))
-    cuts = np.quantile(field, [1 / 3, 2 / 3])
-    labels = 1 + (field > cuts[0]).astype(int) + (field > cuts[1]).astype(int)
-    return np.where(inside, labels, 0), np.broadcast_to(inside, labels.shape)
 
 
 def test_invented_texture_goes_and_the_translations_contrast_stays():
     rng = np.random.default_rng(0)
-    labels, mask = _tissues(3, rng)
+    labels, mask = tissues(3, rng, slice_sigma=0)
     assert mask[0].sum() > 5_000
     # a non-monotone source contrast (the middle tissue darkest); the translation is right on
     # average but carries fine texture that the source does not show
@@ -55,7 +44,7 @@ def test_tissues_that_share_a_source_intensity_keep_their_own_levels():
     """The volume-wide lookup gives tissues of one source intensity one value; the filter,
     working in small windows, keeps what the translation says about each of them."""
     rng = np.random.default_rng(1)
-    labels, mask = _tissues(2, rng)
+    labels, mask = tissues(2, rng, slice_sigma=0)
     source = np.choose(labels, [0.0, 0.3, 0.7, 0.7]) + rng.normal(0, 0.01, labels.shape)
     translated = np.choose(labels, [0.0, 0.2, 0.5, 0.9]).astype(np.float32)
     plane = np.ones((1, 3, 3), bool)  # erode within each slice
@@ -68,7 +57,7 @@ def test_tissues_that_share_a_source_intensity_keep_their_own_levels():
 
 def test_the_weight_blends_and_the_background_stays_black():
     rng = np.random.default_rng(2)
-    labels, mask = _tissues(1, rng)
+    labels, mask = tissues(1, rng, slice_sigma=0)
     source = np.choose(labels, [0.0, 0.2, 0.5, 0.8])
     translated = np.clip(
         np.choose(labels, [0.3, 0.8, 0.5, 0.2]) + rng.normal(0, 0.05, labels.shape), 0, 1
@@ -109,10 +98,7 @@ def test_translate_applies_the_cards_guided_filter(tiny_model_store):
     v = tiny_model_store.verified("tiny")
     sampling = v.card.sampling.model_copy(update={"lookup_weight": 0.0, "guided_weight": 1.0})
     translator = Translator.load(v.card.model_copy(update={"sampling": sampling}), v.weights_path)
-    yy, xx = (np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2) / (SIZE / 2)
-    inside = (xx / 0.8) ** 2 + (yy / 0.85) ** 2 < 1
-    left = inside & (xx < 0)
-    image = nib.Nifti1Image((inside * (50 + 40 * (xx < 0))).astype(np.float32), np.eye(4))
+    image, inside, left = two_tissue_slice()
     run = dict(steps=2, seed=3, kind="brain")
 
     filtered = translator.translate(image, **run).get_fdata()

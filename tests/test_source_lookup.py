@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+from tissue_support import tissues, two_tissue_slice
 
 from midiffusion.pipeline.source_lookup import (
     apply_lookup,
@@ -16,22 +16,10 @@ from midiffusion.pipeline.source_lookup import (
 from midiffusion.pipeline.translate import Translator
 from model_store.card import SamplingSection
 
-SIZE = 160  # a realistic slice: tens of thousands of foreground pixels
-
-
-def _tissues(slices: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(slices, SIZE, SIZE) labels 1..3 inside an ellipse (0 outside): blobs of three tissues."""
-    yy, xx = (np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2) / (SIZE / 2)
-    inside = (xx / 0.85) ** 2 + (yy / 0.9) ** 2 < 1
-    field = ndimage.gaussian_filter(rng.normal(size=(slices, SIZE, SIZE)), (1, 6, 6))
-    cuts = np.quantile(field, [1 / 3, 2 / 3])
-    labels = 1 + (field > cuts[0]).astype(int) + (field > cuts[1]).astype(int)
-    return np.where(inside, labels, 0), np.broadcast_to(inside, labels.shape)
-
 
 def test_the_lookup_takes_the_translations_contrast_and_the_sources_edges():
     rng = np.random.default_rng(0)
-    labels, mask = _tissues(3, rng)
+    labels, mask = tissues(3, rng)
     assert mask[0].sum() > 5_000
     # the source's intensities are a non-monotone function of the tissue (middle one darkest)
     source = np.choose(labels, [0.0, 0.6, 0.2, 0.9]) + rng.normal(0, 0.01, labels.shape)
@@ -52,7 +40,7 @@ def test_the_lookup_gives_the_translations_grey_levels_back():
     """Where tissues overlap in source intensity, their mean is duller than either; the lookup
     hands back the translation's own grey levels, in the order the means put them."""
     rng = np.random.default_rng(3)
-    labels, mask = _tissues(2, rng)
+    labels, mask = tissues(2, rng)
     # tissues 2 and 3 overlap in the source; tissue 3 is the T1's brightest (fat)
     source = np.choose(labels, [0.0, 0.3, 0.66, 0.7]) + rng.normal(0, 0.04, labels.shape)
     translated = np.choose(labels, [0.0, 0.2, 0.6, 1.0]) + rng.normal(0, 0.02, labels.shape)
@@ -76,7 +64,7 @@ def test_the_lookup_gives_the_translations_grey_levels_back():
 
 def test_one_map_serves_the_whole_volume():
     rng = np.random.default_rng(1)
-    labels, mask = _tissues(4, rng)
+    labels, mask = tissues(4, rng)
     source = np.choose(labels, [0.0, 0.3, 0.6, 0.9]).astype(np.float32)
     # slice by slice the translation's level wanders (each slice sampled on its own)
     translated = np.choose(labels, [0.0, 0.8, 0.5, 0.2]) + np.arange(4)[:, None, None] * 0.05
@@ -88,7 +76,7 @@ def test_one_map_serves_the_whole_volume():
 
 def test_the_weight_blends_and_zero_leaves_the_translation_as_it_is():
     rng = np.random.default_rng(2)
-    labels, mask = _tissues(2, rng)
+    labels, mask = tissues(2, rng)
     source = np.choose(labels, [0.0, 0.2, 0.5, 0.8]).astype(np.float32)
     translated = rng.uniform(0, 1, labels.shape).astype(np.float32)
     off = apply_lookup(translated, source, mask, 0.0, 0.02)
@@ -123,10 +111,7 @@ def test_translate_reads_a_head_back_through_its_source(tiny_model_store):
     v = tiny_model_store.verified("tiny")
     sampling = v.card.sampling.model_copy(update={"lookup_weight": 1.0})
     translator = Translator.load(v.card.model_copy(update={"sampling": sampling}), v.weights_path)
-    yy, xx = (np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2) / (SIZE / 2)
-    inside = (xx / 0.8) ** 2 + (yy / 0.85) ** 2 < 1
-    left = inside & (xx < 0)
-    image = nib.Nifti1Image((inside * (50 + 40 * (xx < 0))).astype(np.float32), np.eye(4))
+    image, inside, left = two_tissue_slice()
     run = dict(steps=2, seed=3)
 
     looked = translator.translate(image, **run).get_fdata()
